@@ -1,0 +1,3 @@
+from coati_tui.cli import main
+
+main()
