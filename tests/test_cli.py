@@ -1,0 +1,76 @@
+"""The headless commands, run as a user runs them: a real child process of the installed script."""
+
+import json
+import os
+import subprocess
+import sys
+
+from arch_configs import ARCHS
+
+
+def coati(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "coati_tui", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "120"}, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_profile_json_without_a_gpu():
+    out = json.loads(coati("profile", "--json").stdout)
+    assert isinstance(out["gpus"], list)
+    for gpu in out["gpus"]:  # on a GPU machine the list is filled; here it is empty
+        assert {"name", "total_bytes", "free_bytes"} <= set(gpu)
+    assert {"ram_total_bytes", "ram_available_bytes", "cores"} <= set(out["cpu"])
+    assert out["cpu"]["ram_total_bytes"] >= out["cpu"]["ram_available_bytes"] > 0
+    assert out["disk_free_bytes"] > 0
+    assert out["stacks"]["torch"]["installed"] and "cuda_build" in out["stacks"]["torch"]
+
+
+def test_profile_never_imports_torch():
+    code = ("import sys; from coati_tui import hardware; hardware.profile(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_profile_table():
+    assert "torch" in coati("profile").stdout
+
+
+def test_plan_json_shape_for_a_described_machine(tmp_path):
+    model = tmp_path / "llama-7b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(ARCHS["llama2-7b"][0]))
+    out = json.loads(coati("plan", "--model", str(model), "--gpu-mem", "12GiB", "--cpu-mem", "64GiB", "--json").stdout)
+    assert out["params"] == ARCHS["llama2-7b"][1]
+    assert out["recommended"] == "qlora_naive"
+    assert len(out["presets"]) == 5 * 3
+    for row in out["presets"]:
+        assert {"name", "stage", "gpu_bytes", "cpu_bytes", "fits", "reason"} <= set(row)
+        assert isinstance(row["fits"], bool) and row["gpu_bytes"] > 0 and row["reason"]
+
+
+def test_plan_table_for_the_tiny_model_on_this_machine(tiny_model):
+    out = coati("plan", "--model", str(tiny_model), "--stage", "sft").stdout
+    assert "lora_naive" in out and "Recommended" in out
+
+
+def test_plan_bad_inputs_exit_2_with_one_clear_line(tmp_path):
+    proc = coati("plan", "--model", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+    proc = coati("plan", "--model", str(tmp_path), "--stage", "dpo", check=False)
+    assert proc.returncode == 2 and "--stage" in proc.stderr
+    proc = coati("plan", "--model", str(tmp_path), "--gpu-mem", "twelve", check=False)
+    assert proc.returncode == 2
+
+
+def test_presets_lists_the_shipped_ones():
+    out = json.loads(coati("presets", "--json").stdout)
+    assert {"lora_naive", "qlora_naive", "gemini_offload", "zero2_cpu"} <= set(out)
+
+
+def test_tiny_command_builds_a_model(tmp_path):
+    path = coati("tiny", str(tmp_path / "t"), "--reward").stdout.strip()
+    cfg = json.loads(open(os.path.join(path, "config.json")).read())
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"] and len(cfg["id2label"]) == 1
