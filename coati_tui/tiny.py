@@ -77,21 +77,29 @@ def train_tokenizer(vocab_size: int = 1024, corpus: list[str] | None = None):
     )
 
 
+def config_dict(vocab_size: int = 1024, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                intermediate: int | None = None, max_positions: int = 1024) -> dict:
+    """The tiny Llama's config as plain data: the app plans the demo model from it without torch."""
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate or hidden * 11 // 4,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": max_positions,
+        "tie_word_embeddings": False,
+    }
+
+
 def llama_config(vocab_size: int, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
                  intermediate: int | None = None, max_positions: int = 1024, **extra):
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=intermediate or hidden * 11 // 4,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
-        **extra,
-    )
+    cfg = config_dict(vocab_size, layers, hidden, heads, kv_heads, intermediate, max_positions)
+    cfg.pop("model_type")
+    return LlamaConfig(**cfg, **extra)
 
 
 def build_tiny_model(out_dir: str | Path, kind: str = "causal", *, layers: int = 2, hidden: int = 64,

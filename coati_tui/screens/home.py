@@ -1,0 +1,135 @@
+"""The first screen: the machine, the model, and the plan (which preset fits, and why)."""
+
+from __future__ import annotations
+
+import shlex
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from coati_tui.units import fmt_bytes, fmt_count
+from coati_tui.widgets.machine import MachinePanel
+from coati_tui.widgets.plan_table import PlanTable
+
+DEMO = "demo"
+
+
+class HomeScreen(Screen):
+    BINDINGS = [
+        Binding("r", "refresh_profile", "Re-profile", id="refresh"),
+        Binding("m", "focus_model", "Model", id="model"),
+        Binding("b", "toggle_breakdown", "Breakdown", id="breakdown"),
+    ]
+
+    def __init__(self, model: str | None = None) -> None:
+        super().__init__()
+        self.model = model or DEMO
+        self.profile = None
+        self.show_breakdown = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="home"):
+            yield MachinePanel(id="machine")
+            with Vertical(id="model-box"):
+                yield Input(value="" if self.model == DEMO else self.model, id="model-input", compact=True,
+                            placeholder="model folder, run folder or cached hub id (empty: the demo)")
+                yield Static(id="model-info")
+            yield PlanTable(id="plan")
+            yield Static(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#model-box").border_title = "Model"
+        self.query_one("#plan").border_title = "Plan"
+        self.query_one("#plan").focus()
+        self.action_refresh_profile()
+
+    # ---- actions -------------------------------------------------------------------------------
+    def action_refresh_profile(self) -> None:
+        self._profile()
+
+    def action_focus_model(self) -> None:
+        self.query_one("#model-input", Input).focus()
+
+    def action_toggle_breakdown(self) -> None:
+        self.show_breakdown = not self.show_breakdown
+        self._show_detail()
+
+    @on(Input.Submitted, "#model-input")
+    def _model_chosen(self, event: Input.Submitted) -> None:
+        self.model = event.value.strip() or DEMO
+        self._plan()
+        self.query_one("#plan", PlanTable).focus()
+
+    @on(DataTable.RowHighlighted, "#plan")
+    def _row_changed(self, _event) -> None:
+        self._show_detail()
+
+    # ---- workers: nothing blocks the event loop ------------------------------------------------
+    @work(thread=True, exclusive=True, group="profile")
+    def _profile(self) -> None:
+        from coati_tui import hardware
+
+        prof = hardware.profile()
+        self.app.call_from_thread(self._profiled, prof)
+
+    def _profiled(self, prof) -> None:
+        self.profile = prof
+        self.query_one(MachinePanel).show(prof)
+        self._plan()
+
+    @work(thread=True, exclusive=True, group="plan")
+    def _plan(self) -> None:
+        from coati_tui import modelinfo, planner, presets
+        from coati_tui.tiny import config_dict
+
+        try:
+            cfg = config_dict() if self.model == DEMO else modelinfo.read_config(self.model)
+            arch = modelinfo.Arch.from_config(cfg)
+            loaded = presets.load_all()
+        except (modelinfo.ModelError, presets.PresetError, OSError) as exc:
+            self.app.call_from_thread(self._plan_failed, str(exc))
+            return
+        result = planner.plan(arch, loaded, planner.Machine.from_profile(self.profile), model=self.model)
+        self.app.call_from_thread(self._planned, result, loaded)
+
+    def _plan_failed(self, message: str) -> None:
+        self.query_one("#model-info", Static).update(Text(message, style="red"))
+        self.query_one("#plan", PlanTable).clear(columns=True)
+        self.query_one("#detail", Static).update("")
+
+    def _planned(self, result, loaded) -> None:
+        name = "built-in demo (tiny Llama)" if self.model == DEMO else self.model
+        exact = "" if result.exact_params else " (unknown family, counted as Llama)"
+        self.query_one("#model-info", Static).update(
+            f"{name}: {result.model_type}, {fmt_count(result.params)} parameters{exact}")
+        self.query_one("#plan", PlanTable).show(result, loaded)
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        table = self.query_one("#plan", PlanTable)
+        if not table.plan or table.row_count == 0:
+            return
+        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        text = Text()
+        text.append(f"{name}", style="bold")
+        text.append(f"  {table.presets[name].description}\n")
+        for r in table.rows_for(name):
+            text.append(f"{r.stage.upper():4s} ", style="bold")
+            text.append(f"{r.status.replace('_', ' ')}: ", style=("green" if r.fits else "red"))
+            text.append(r.reason + (f"  Fix: {r.fix}" if r.fix else "") + "\n")
+            if self.show_breakdown:
+                for side, parts in (("GPU", r.gpu), ("RAM", r.cpu)):
+                    items = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in parts.items() if v)
+                    if items:
+                        text.append(f"     {side}: {items}\n", style="dim")
+        model = "MODEL" if self.model == DEMO else shlex.quote(self.model)
+        text.append("Headless: ", style="bold")
+        text.append(f"coati-tui train sft --model {model} --data DATA --preset {name}", style="cyan")
+        self.query_one("#detail", Static).update(text)

@@ -1,0 +1,80 @@
+"""The app driven headless by Textual's Pilot."""
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+from arch_configs import ARCHS
+from rich.console import Console
+
+from coati_tui.app import CoatiApp
+from coati_tui.widgets.plan_table import PlanTable
+
+
+def text_of(widget) -> str:
+    """What a Static shows, as plain text."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
+
+
+async def _settle(app, pilot):
+    for _ in range(3):
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.05)
+
+
+async def test_home_shows_machine_and_plans_the_demo():
+    app = CoatiApp()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await _settle(app, pilot)
+        screen = app.screen
+        assert "RAM" in text_of(screen.query_one("#machine"))
+        assert "built-in demo" in text_of(screen.query_one("#model-info"))
+        table = screen.query_one("#plan", PlanTable)
+        assert table.row_count == 5
+        assert table.plan.recommended == "lora_naive"  # on a CPU-only machine, the naive LoRA preset
+        detail = text_of(screen.query_one("#detail"))
+        assert "coati-tui train sft --model MODEL --data DATA --preset lora_naive" in detail
+        await pilot.press("b")  # breakdown on
+        assert "activations" in text_of(screen.query_one("#detail"))
+
+
+async def test_typing_a_model_replans_and_bad_paths_say_why(tmp_path):
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(ARCHS["qwen2.5-7b"][0]))
+    app = CoatiApp()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("m")
+        await pilot.press(*"/no/such/模型")
+        await pilot.press("enter")
+        await _settle(app, pilot)
+        info = text_of(app.screen.query_one("#model-info"))
+        assert "/no/such/模型" in info and "downloads nothing" in info
+        field = app.screen.query_one("#model-input")
+        field.value = str(model)
+        await pilot.press("m", "enter")
+        await _settle(app, pilot)
+        assert "7.62B parameters" in text_of(app.screen.query_one("#model-info"))
+        assert app.screen.query_one("#plan", PlanTable).plan.params == ARCHS["qwen2.5-7b"][1]
+
+
+def test_app_process_never_imports_torch():
+    code = textwrap.dedent("""
+        import asyncio, sys
+        from coati_tui.app import CoatiApp
+        async def main():
+            app = CoatiApp()
+            async with app.run_test() as pilot:
+                await app.workers.wait_for_complete()
+                await pilot.pause(0.1)
+        asyncio.run(main())
+        print(sorted(m for m in ("torch", "transformers", "peft", "bitsandbytes") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
