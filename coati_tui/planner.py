@@ -40,6 +40,7 @@ CUDA_CONTEXT = int(0.5 * GIB)  # the CUDA context + cuBLAS workspaces; not in ma
 GPU_MARGIN = 0.10  # kept free for the allocator's fragmentation and spikes
 CPU_MARGIN = 0.10  # kept free for the OS and the UI
 RUNTIME_RSS = {"cpu": int(0.8 * GIB), "cuda": int(2.5 * GIB)}  # Python + torch (+ CUDA libraries) resident
+CPU_ALLOCATOR_SLACK = 0.30  # x activations, CPU runs only (peak RSS vs live tensors)
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}  # per param, with/without double quant
 
@@ -242,6 +243,9 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
         raise ValueError(f"unknown stage {stage!r} (use {', '.join(STAGES)})")
 
     if device == "cpu":  # the model trains in RAM: everything lands in the host's column
+        # glibc keeps freed activation blocks mapped, so peak RSS runs above the live-tensor peak;
+        # fitted on CPU by bench/planner_accuracy.py (see bench/RESULTS.md)
+        dev["allocator_slack"] = int(CPU_ALLOCATOR_SLACK * dev.get("activations", dev.get("rollout_or_update", 0)))
         _add(host, dev)
         dev = {}
     else:
