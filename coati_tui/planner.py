@@ -336,7 +336,7 @@ def plan(arch: Arch, presets: dict[str, Preset], machine: Machine, stages: tuple
     rows = []
     for preset in presets.values():
         blocked = _unavailable(preset, machine)
-        device = "cuda" if machine.device == "cuda" else "cpu"
+        device = machine.device
         for stage in stages:
             batch = batch_size or preset.train.batch_size
             seq = seq_len or preset.train.max_len

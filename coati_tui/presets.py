@@ -108,8 +108,8 @@ class Preset:
         data = self.to_dict()
         for dotted, value in overrides.items():
             section, _, key = dotted.rpartition(".")
-            target = data[section] if section else data
-            if section and section not in data or key not in target:
+            target = data.get(section) if section else data
+            if not isinstance(target, dict) or key not in target:
                 raise PresetError(source, dotted, "no such setting")
             target[key] = value
         return from_dict(data, source, self.name)

@@ -39,7 +39,7 @@ def print_profile(prof, console: Console | None = None) -> None:
 SYMBOL = {"fits": "✓", "tight": "~", "does_not_fit": "✗", "unavailable": "-"}
 
 
-def _short(n: int) -> str:
+def short_bytes(n: int) -> str:
     return fmt_bytes(n).replace(" GiB", "G").replace(" MiB", "M").replace(" KiB", "K").replace(" TiB", "T")
 
 
@@ -72,7 +72,7 @@ def print_plan(result, breakdown: bool = False, console: Console | None = None) 
         cells = []
         for st in stages:
             r = rows[st]
-            size = f"{_short(r.gpu_bytes)}/{_short(r.cpu_bytes)}" if r.device == "cuda" else _short(r.cpu_bytes)
+            size = f"{short_bytes(r.gpu_bytes)}/{short_bytes(r.cpu_bytes)}" if r.device == "cuda" else short_bytes(r.cpu_bytes)
             cells.append(f"[{STATUS_STYLE[r.status]}]{size} {SYMBOL[r.status]}[/]")
             if r.status != "fits":
                 why.setdefault((name, r.reason + (f" Fix: {r.fix}" if r.fix else "")), []).append(st)
@@ -85,7 +85,7 @@ def print_plan(result, breakdown: bool = False, console: Console | None = None) 
         for r in result.rows:
             for side, parts in (("GPU", r.gpu), ("CPU", r.cpu)):
                 if parts:
-                    items = ", ".join(f"{k} {_short(v)}" for k, v in parts.items() if v)
+                    items = ", ".join(f"{k} {short_bytes(v)}" for k, v in parts.items() if v)
                     console.print(f"  [dim]{r.preset} {r.stage} {side}:[/] {items}")
     if result.recommended:
         console.print(f"Recommended: [bold green]{result.recommended}[/] (the fastest preset that fits every "

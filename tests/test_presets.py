@@ -81,6 +81,8 @@ def test_overrides_are_validated():
     assert (p.train.batch_size, p.lora.rank) == (4, 16)  # the original is untouched
     with pytest.raises(PresetError, match="no such setting"):
         p.with_overrides({"train.nope": 1})
+    with pytest.raises(PresetError, match="no such setting"):
+        p.with_overrides({"nosection.batch_size": 1})
     with pytest.raises(PresetError, match="train.batch_size"):
         p.with_overrides({"train.batch_size": -1})
     with pytest.raises(PresetError, match="no such preset"):
