@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python bench/planner_accuracy.py            # CPU: ~60M Llama, a few steps
     python bench/planner_accuracy.py --device cuda --arch qwen2.5-0.5b   # on a GPU
 
-Each case runs in a fresh child process: build a Llama from a config (random weights, saved once),
+Each case runs in a fresh child process with the trainer's environment (coati_tui.procenv): build a Llama from a config (random weights, saved once),
 load it through ``coati_tui.train.strategy.load_naive`` exactly as the trainer does, run a few
 optimizer steps at the preset's settings, and measure the peak:
 - on CPU: peak RSS (``ru_maxrss``) minus the RSS after imports and before the model is loaded,
@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from coati_tui.procenv import child_env
 
 ARCHES = {
     # ~60M parameters: small enough for 2 CPU cores, big enough that the model, not Python, dominates
@@ -153,7 +155,7 @@ def main() -> None:
                     spec = dict(model_dir=str(model_dir), preset_name=preset_name, stage=stage, batch=args.batch,
                                 seq=args.seq, steps=args.steps, device=args.device, gc=gc == "on", tmp=tmp)
                     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                          capture_output=True, text=True)
+                                          capture_output=True, text=True, env=child_env())
                     if proc.returncode != 0:
                         print(f"{preset_name:14s} {stage:5s} {gc:3s} failed: {proc.stderr.strip().splitlines()[-1]}")
                         continue

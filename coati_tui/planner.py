@@ -16,8 +16,8 @@ How the bytes are counted (per device; ``w`` = bytes per element of the compute 
   attention (RMSNorm's fp32 copies, linear inputs, SwiGLU's three intermediates, attention q/k/v/out,
   LoRA's fp32 dropout copies and masks), times layers, plus one layer's working set in backward.
   With gradient checkpointing only each layer's input is kept, and one layer is recomputed at a time.
-- logits: ``tokens * vocab * (w + 12)``: the logits, their fp32 copy for the loss, log-softmax, and
-  its gradient. A reward model has a one-number head instead.
+- logits: ``tokens * vocab * (w + 8)``: the logits, the loss's log-softmax and its gradient, + 4 bytes
+  under bf16/fp16 for the fp32 upcast's gradient. A reward model has a one-number head instead.
 - PPO: actor, critic, reference and reward model. With LoRA (memory-lean mode) one base carries the
   actor and critic adapters, the reference is the base with adapters off, and the reward model is an
   adapter + head on the same base. Otherwise four models; under Gemini / ZeRO-2 the reference and
@@ -40,7 +40,6 @@ CUDA_CONTEXT = int(0.5 * GIB)  # the CUDA context + cuBLAS workspaces; not in ma
 GPU_MARGIN = 0.10  # kept free for the allocator's fragmentation and spikes
 CPU_MARGIN = 0.10  # kept free for the OS and the UI
 RUNTIME_RSS = {"cpu": int(0.8 * GIB), "cuda": int(2.5 * GIB)}  # Python + torch (+ CUDA libraries) resident
-CPU_ALLOCATOR_SLACK = 0.30  # x activations, CPU runs only (peak RSS vs live tensors)
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}  # per param, with/without double quant
 
@@ -134,7 +133,8 @@ def activation_bytes(arch: Arch, w: int, preset: Preset, tokens: int, gc: bool, 
         body = arch.layers * w * arch.hidden * tokens + 2 * layer  # checkpoints + one layer recomputed + its grads
     else:
         body = arch.layers * layer + layer  # every layer saved + one layer's backward working set
-    logits = tokens * arch.vocab * (w + 12) if head == "lm" else tokens * arch.hidden * 4
+    # logits (w) + log-softmax output (4) + its gradient (4); under bf16/fp16 also the fp32 upcast's gradient (4)
+    logits = tokens * arch.vocab * (w + 8 + (4 if w < 4 else 0)) if head == "lm" else tokens * arch.hidden * 4
     return body + logits
 
 
@@ -243,10 +243,7 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
         raise ValueError(f"unknown stage {stage!r} (use {', '.join(STAGES)})")
 
     if device == "cpu":  # the model trains in RAM: everything lands in the host's column
-        # glibc keeps freed activation blocks mapped, so peak RSS runs above the live-tensor peak;
-        # fitted on CPU by bench/planner_accuracy.py (see bench/RESULTS.md)
-        dev["allocator_slack"] = int(CPU_ALLOCATOR_SLACK * dev.get("activations", dev.get("rollout_or_update", 0)))
-        _add(host, dev)
+        _add(host, dev)  # children run with coati_tui.procenv's malloc settings, so RSS tracks live tensors
         dev = {}
     else:
         params_on_disk = arch.param_count("lm") * 2

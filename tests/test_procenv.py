@@ -1,0 +1,17 @@
+import os
+import subprocess
+import sys
+
+from coati_tui.procenv import child_env
+
+
+def test_child_env_pins_malloc_and_keeps_the_users_choice():
+    env = child_env({"PATH": "/bin", "MALLOC_MMAP_THRESHOLD_": "65536"}, EXTRA="1")
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "65536" and env["EXTRA"] == "1" and env["PATH"] == "/bin"
+    assert child_env({})["MALLOC_MMAP_THRESHOLD_"] == "131072"
+
+
+def test_a_child_sees_it():
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['MALLOC_MMAP_THRESHOLD_'])"],
+                         env=child_env(), capture_output=True, text=True, check=True).stdout
+    assert out.strip() == os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")
