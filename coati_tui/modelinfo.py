@@ -216,12 +216,7 @@ class Arch:
         """Trainable LoRA parameters for ``rank`` on the named modules (or every decoder linear)."""
         if rank <= 0:
             return 0
-        if targets == "all-linear":
-            chosen = self.linears
-        else:
-            wanted = set(targets)
-            chosen = tuple(lin for lin in self.linears if lin.name in wanted)
-        return self.layers * sum(rank * (lin.in_features + lin.out_features) for lin in chosen)
+        return self.layers * sum(rank * (lin.in_features + lin.out_features) for lin in self.lora_targets(targets))
 
     def lora_targets(self, targets: str | list[str]) -> tuple[Linear, ...]:
         if targets == "all-linear":
