@@ -1,8 +1,11 @@
-"""How a preset becomes a trainable model. Runs in the trainer process (imports torch lazily).
+"""How a preset becomes a trainable model, and how it is stepped. Runs in the trainer (imports torch lazily).
 
-This file holds the ``naive`` strategy (plain PyTorch + peft: LoRA, QLoRA on a bitsandbytes 4-bit base,
-or full fine-tune). The planner's estimate reads the same preset fields used here: precision, LoRA
-rank/alpha/dropout/targets, quantization bits and double quantization, gradient checkpointing.
+``load_naive`` builds the model for every strategy (plain PyTorch + peft: LoRA, QLoRA on a bitsandbytes
+4-bit base, or full fine-tune); the planner's estimate reads the same preset fields used here. Then a
+strategy object owns the optimizer step, gradient sync, checkpoint IO and memory figures:
+- ``Naive``: one process, or torch DDP when launched by torchrun;
+- ``Colossal``: a colossalai Booster with GeminiPlugin, LowLevelZeroPlugin(stage=2, cpu_offload) or,
+  for the naive presets under torchrun when colossalai is installed, TorchDDPPlugin.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | None = None) -> Prepared:
+def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | None = None,
+               pad_token_id: int | None = None) -> Prepared:
     """Load ``model_dir`` for ``stage`` ("sft" = causal LM, "rm" = one-label classifier) as ``preset`` says."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -68,10 +72,26 @@ def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | 
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device}
+    model_dir = Path(model_dir)
+    adapter = (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file()
+    base_dir = model_dir
+    if adapter:  # a LoRA run's output: its base with the adapter merged in
+        import json
+
+        if preset.quant.bits:
+            raise ValueError(f"{model_dir} is a LoRA adapter; merging it into a quantized base is lossy. "
+                             "Train this stage from a merged model, or with a non-quantized preset.")
+        base_dir = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if pad_token_id is not None:
+        kwargs["pad_token_id"] = pad_token_id
     if stage == "rm":
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
     if not preset.quant.bits:
         model.to(device)
     if preset.train.grad_checkpointing:
@@ -100,3 +120,223 @@ def _transformers_major() -> int:
     import importlib.metadata as md
 
     return int(md.version("transformers").split(".")[0])
+
+
+# ---- strategies ------------------------------------------------------------------------------------
+
+def check_requirements(preset: Preset) -> None:
+    """Before any model is loaded: what the preset needs and this machine lacks, with the fix."""
+    import importlib.util
+
+    from coati_tui.train.common import MissingDependency
+
+    if preset.needs.colossalai and importlib.util.find_spec("colossalai") is None:
+        raise MissingDependency(f"preset {preset.name} needs colossalai: pip install 'coati-tui[colossalai]' "
+                                "(in its own virtual environment: it pins torch<=2.5.1, transformers 4.51.3)")
+    if preset.needs.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise MissingDependency(f"preset {preset.name} ({preset.strategy}) needs a CUDA GPU; {why}. "
+                                    "Pick lora_naive or qlora_naive here.")
+    if preset.quant.bits and importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingDependency(f"preset {preset.name} needs bitsandbytes: pip install bitsandbytes")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_env() -> tuple[int, int]:
+    """(rank, world size); a lone process gets a one-process group's variables."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+class Naive:
+    name = "naive"
+
+    def __init__(self, device: str, precision: str):
+        import os
+
+        self.device, self.precision = device, precision
+        self.ddp = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+        self.rank, self.world = 0, 1
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if device == "cuda" else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            self.name = "naive+ddp"
+
+    def optimizer(self, params, lr: float, weight_decay: float):
+        import torch
+
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def boost(self, model, optimizer, scheduler):
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model)
+        return model, optimizer, scheduler
+
+    def unwrap(self, model):
+        return model.module if self.ddp else model
+
+    def no_sync(self, model, last: bool):
+        import contextlib
+
+        return model.no_sync() if (self.ddp and not last) else contextlib.nullcontext()
+
+    def backward(self, loss, optimizer) -> None:
+        loss.backward()
+
+    def step(self, model, optimizer) -> None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+
+    def barrier(self) -> None:
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _trainable_state(self, model) -> dict:
+        inner = self.unwrap(model)
+        names = {n for n, p in inner.named_parameters() if p.requires_grad}
+        return {k: v.detach().contiguous() for k, v in inner.state_dict().items() if k in names}
+
+    def save(self, model, optimizer, folder: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        if self.rank == 0:
+            save_file(self._trainable_state(model), str(folder / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+
+    def load(self, model, optimizer, folder: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "trainable.safetensors"), device=self.device)
+        missing = set(self._trainable_state(model)) - set(state)
+        if missing:
+            raise ValueError(f"{folder}: checkpoint lacks {sorted(missing)[:3]}... (another preset?)")
+        self.unwrap(model).load_state_dict(state, strict=False)
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+
+    def memory(self) -> dict:
+        import psutil
+
+        out = {"cpu_rss": psutil.Process().memory_info().rss}
+        if self.device == "cuda":
+            import torch
+
+            out.update(gpu_allocated=torch.cuda.memory_allocated(), gpu_reserved=torch.cuda.memory_reserved(),
+                       gpu_peak=torch.cuda.max_memory_allocated())
+        return out
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether a recipe may call into the model's parts (decoder, head) rather than its forward."""
+        return not self.ddp
+
+
+class Colossal(Naive):
+    """colossalai's Booster. Gemini and ZeRO-2 need CUDA (HybridAdam has no CPU-only path); the DDP
+    plugin runs on CPU too (gloo), which CI's colossalai stage exercises."""
+
+    def __init__(self, preset: Preset, device: str, precision: str):
+        import colossalai
+        from colossalai.booster import Booster
+        from colossalai.booster.plugin import GeminiPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+
+        self.device, self.precision, self.preset = device, precision, preset
+        self.rank, self.world = distributed_env()
+        colossalai.launch_from_torch(backend="nccl" if device == "cuda" else "gloo", seed=1024, verbose=False)
+        mixed = "bf16" if precision == "bf16" else "fp16"
+        if preset.strategy == "gemini":
+            o = preset.offload
+            extra = {} if o.placement == "auto" else {"offload_optim_frac": o.optim_frac,
+                                                      "offload_param_frac": o.param_frac}
+            plugin = GeminiPlugin(precision=mixed, placement_policy=o.placement, max_norm=1.0, **extra)
+            self.name = "colossalai_gemini"
+        elif preset.strategy == "zero2_cpu":
+            plugin = LowLevelZeroPlugin(stage=2, precision=mixed, cpu_offload=True, max_norm=1.0)
+            self.name = "colossalai_zero2_cpu"
+        else:
+            plugin = TorchDDPPlugin()
+            self.name = "colossalai_ddp"
+        self.plugin, self.booster = plugin, Booster(plugin=plugin)
+        self.ddp = preset.strategy == "naive"
+
+    def optimizer(self, params, lr: float, weight_decay: float):
+        if self.preset.strategy == "naive":
+            return super().optimizer(params, lr, weight_decay)
+        from colossalai.nn.optimizer import HybridAdam
+
+        return HybridAdam(params, lr=lr, weight_decay=weight_decay)
+
+    def boost(self, model, optimizer, scheduler):
+        model, optimizer, _, _, scheduler = self.booster.boost(model, optimizer, lr_scheduler=scheduler)
+        return model, optimizer, scheduler
+
+    def unwrap(self, model):
+        return model.unwrap()
+
+    def no_sync(self, model, last: bool):
+        import contextlib
+
+        if last or not self.plugin.support_no_sync():
+            return contextlib.nullcontext()
+        return self.booster.no_sync(model)
+
+    def backward(self, loss, optimizer) -> None:
+        self.booster.backward(loss, optimizer)
+
+    def step(self, model, optimizer) -> None:
+        if self.preset.strategy == "naive":
+            return super().step(model, optimizer)
+        optimizer.step()  # the plugin clips (max_norm) and unscales
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def save(self, model, optimizer, folder: Path) -> None:
+        self.booster.save_model(model, str(folder / "model"), shard=True)
+        self.booster.save_optimizer(optimizer, str(folder / "optimizer"), shard=True)
+
+    def load(self, model, optimizer, folder: Path) -> None:
+        self.booster.load_model(model, str(folder / "model"))
+        self.booster.load_optimizer(optimizer, str(folder / "optimizer"))
+
+    @property
+    def fast_path(self) -> bool:
+        return False
+
+
+def make_strategy(preset: Preset, device: str, precision: str):
+    """Gemini / ZeRO-2 presets -> Colossal; naive under torchrun with colossalai installed -> its DDP
+    plugin; otherwise plain PyTorch."""
+    import importlib.util
+    import os
+
+    if preset.strategy != "naive":
+        return Colossal(preset, device, precision)
+    if "WORLD_SIZE" in os.environ and importlib.util.find_spec("colossalai") is not None:
+        return Colossal(preset, device, precision)
+    return Naive(device, precision)

@@ -1,0 +1,234 @@
+"""Reading SFT and preference data into one normal form, with errors that name file, line and field.
+
+No torch here: the app validates and previews files with this module.
+
+Normal forms:
+- SFT: a list of messages ``[{"role": "system"|"user"|"assistant", "content": str}, ...]`` with at
+  least one assistant message.
+- Preference: ``Pair(prompt=[messages], chosen=[messages], rejected=[messages])``.
+
+Accepted SFT records: ColossalChat ``{"messages": [{"from", "content"}]}``, chat
+``{"messages": [{"role", "content"}]}``, ShareGPT ``{"conversations": [{"from", "value"}]}``,
+Alpaca / InstructionWild ``{"instruction", "input", "output"}``, ``{"prompt", "response"|"completion"}``.
+Accepted preference records: ColossalChat ``{"context": [...], "chosen": [...], "rejected": [...]}``,
+TRL ``{"prompt", "chosen", "rejected"}`` (strings or message lists), and TRL's implicit-prompt form
+(``chosen`` and ``rejected`` are whole conversations sharing their opening).
+Files: .json (a list), .jsonl, .csv (message lists as JSON text in a cell), .parquet, and folders saved
+with ``datasets.Dataset.save_to_disk``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+ROLE_ALIASES = {
+    "user": "user", "human": "user", "prompter": "user",
+    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+    "system": "system",
+}
+
+
+class DataError(ValueError):
+    """One bad record: names the file, where in it (line/row/record) and the field."""
+
+    def __init__(self, file: str | Path, where: str | None, field: str | None, message: str):
+        self.file, self.where, self.field = str(file), where, field
+        loc = ", ".join(x for x in (where, f"field {field!r}" if field else None) if x)
+        super().__init__(f"{file}" + (f": {loc}" if loc else "") + f": {message}")
+
+
+@dataclass
+class Pair:
+    prompt: list[dict]
+    chosen: list[dict]
+    rejected: list[dict]
+
+
+# ---- files -> (where, record) -------------------------------------------------------------------
+
+def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield ``("line 3", record)`` for every record of a data file or saved dataset folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(path, None, None, "no such file or folder")
+    if path.is_dir():
+        yield from _iter_dataset_dir(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(path, f"line {n}", None, f"not valid JSON ({exc.msg})") from exc
+                yield f"line {n}", _must_be_object(rec, path, f"line {n}")
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"line {exc.lineno}", None, f"not valid JSON ({exc.msg})") from exc
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"train": [...]}
+        if not isinstance(data, list):
+            raise DataError(path, None, None, "a .json data file must hold a list of records (or use .jsonl)")
+        for n, rec in enumerate(data, 1):
+            yield f"record {n}", _must_be_object(rec, path, f"record {n}")
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), 2):  # row 1 is the header
+                yield f"row {n}", {k: _maybe_json(v) for k, v in row.items() if k is not None}
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for n, rec in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield f"row {n}", rec
+    else:
+        raise DataError(path, None, None, f"unknown data format {suffix!r} (use .jsonl, .json, .csv, .parquet "
+                                          "or a datasets folder)")
+
+
+def _iter_dataset_dir(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(path, None, None, "reading a saved datasets folder needs `pip install datasets`") from exc
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DataError(path, None, None, f"not a saved datasets folder ({exc})") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+    for n, rec in enumerate(ds, 1):
+        yield f"row {n}", dict(rec)
+
+
+def _maybe_json(value: str) -> Any:
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _must_be_object(rec: Any, path: Path, where: str) -> dict:
+    if not isinstance(rec, dict):
+        raise DataError(path, where, None, f"expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
+# ---- record -> normal form ----------------------------------------------------------------------
+
+def _text(value: Any, path, where, field) -> str:
+    if not isinstance(value, str):
+        raise DataError(path, where, field, f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _messages(value: Any, path, where, field) -> list[dict]:
+    """A message list in any accepted spelling -> [{"role", "content"}]."""
+    if not isinstance(value, list) or not value:
+        raise DataError(path, where, field, "expected a non-empty list of messages")
+    out = []
+    for i, msg in enumerate(value):
+        sub = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            raise DataError(path, where, sub, f"expected a message object, got {type(msg).__name__}")
+        role = msg.get("role", msg.get("from"))
+        if role is None:
+            raise DataError(path, where, sub, 'a message needs "role" (or "from")')
+        norm = ROLE_ALIASES.get(str(role).lower())
+        if norm is None:
+            raise DataError(path, where, f"{sub}.role", f"unknown role {role!r} (use user, assistant or system)")
+        content = msg.get("content", msg.get("value"))
+        if content is None:
+            raise DataError(path, where, sub, 'a message needs "content" (or "value")')
+        out.append({"role": norm, "content": _text(content, path, where, f"{sub}.content")})
+    return out
+
+
+def sft_messages(rec: dict, path="<data>", where=None) -> list[dict]:
+    if "messages" in rec or "conversations" in rec:
+        field = "messages" if "messages" in rec else "conversations"
+        msgs = _messages(rec[field], path, where, field)
+    elif "instruction" in rec:
+        if "output" not in rec:
+            raise DataError(path, where, "output", "an instruction record needs an output")
+        prompt = _text(rec["instruction"], path, where, "instruction")
+        extra = rec.get("input") or ""
+        if extra:
+            prompt += "\n\n" + _text(extra, path, where, "input")
+        msgs = [{"role": "user", "content": prompt},
+                {"role": "assistant", "content": _text(rec["output"], path, where, "output")}]
+    elif "prompt" in rec and ("response" in rec or "completion" in rec):
+        field = "response" if "response" in rec else "completion"
+        msgs = [{"role": "user", "content": _text(rec["prompt"], path, where, "prompt")},
+                {"role": "assistant", "content": _text(rec[field], path, where, field)}]
+    else:
+        raise DataError(path, where, None, "not an SFT record: expected messages, conversations, "
+                                           f"instruction/output or prompt/response; got keys {sorted(rec)}")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise DataError(path, where, "messages", "no assistant message: nothing to learn from")
+    return msgs
+
+
+def _side(value: Any, path, where, field) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    return _messages(value, path, where, field)
+
+
+def preference_pair(rec: dict, path="<data>", where=None) -> Pair:
+    for key in ("chosen", "rejected"):
+        if key not in rec:
+            raise DataError(path, where, key, f"a preference record needs {key!r}; got keys {sorted(rec)}")
+    if "context" in rec or "prompt" in rec:
+        field = "context" if "context" in rec else "prompt"
+        value = rec[field]
+        prompt = [{"role": "user", "content": value}] if isinstance(value, str) else _messages(value, path, where, field)
+        chosen = _side(rec["chosen"], path, where, "chosen")
+        rejected = _side(rec["rejected"], path, where, "rejected")
+    else:  # implicit prompt: two whole conversations sharing their opening
+        c = _messages(rec["chosen"], path, where, "chosen")
+        r = _messages(rec["rejected"], path, where, "rejected")
+        n = 0
+        while n < min(len(c), len(r)) - 1 and c[n] == r[n]:
+            n += 1
+        prompt, chosen, rejected = c[:n], c[n:], r[n:]
+    if not prompt:
+        raise DataError(path, where, "prompt", "empty prompt")
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        if not side or side[-1]["role"] != "assistant":
+            raise DataError(path, where, name, "must end with an assistant answer")
+    return Pair(prompt, chosen, rejected)
+
+
+def load_sft(path: str | Path, limit: int = 0) -> list[list[dict]]:
+    """Every record of an SFT file in normal form; the first bad record stops with a DataError."""
+    out = []
+    for where, rec in iter_records(path):
+        out.append(sft_messages(rec, path, where))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(path, None, None, "no records")
+    return out
+
+
+def load_preferences(path: str | Path, limit: int = 0) -> list[Pair]:
+    out = []
+    for where, rec in iter_records(path):
+        out.append(preference_pair(rec, path, where))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(path, None, None, "no records")
+    return out

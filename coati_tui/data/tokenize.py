@@ -1,0 +1,158 @@
+"""Chat templates and tokenization: loss only on assistant tokens, and a template that stops.
+
+Works with any tokenizer whose chat template renders a conversation as a prefix of its continuation
+(true of the common templates). Assistant spans are found by rendering turn by turn and are mapped to
+tokens with the fast tokenizer's offsets, so the text is tokenized once, as generation will see it.
+No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coati_tui.data.formats import DataError, Pair
+
+# Named fallbacks for tokenizers without a chat template. They end assistant turns with the tokenizer's
+# own EOS token, so no token has to be added (and no embedding row trained from scratch).
+FALLBACK_TEMPLATES = {
+    # ColossalChat's classic format
+    "coati": (
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] + '\n\n' }}"
+        "{% elif m['role'] == 'user' %}{{ 'Human: ' + m['content'] + '\n\n' }}"
+        "{% else %}{{ 'Assistant: ' + m['content'] + eos_token + '\n\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+    ),
+}
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be trained on safely; the message says why and what to do."""
+
+
+def ensure_template(tokenizer, fallback: str | None = None) -> str:
+    """Make sure ``tokenizer`` has a chat template; returns where it came from."""
+    if fallback:
+        if fallback not in FALLBACK_TEMPLATES:
+            raise TemplateError(f"no template {fallback!r} (have: {', '.join(FALLBACK_TEMPLATES)})")
+        tokenizer.chat_template = FALLBACK_TEMPLATES[fallback]
+        return fallback
+    if getattr(tokenizer, "chat_template", None):
+        return "tokenizer"
+    raise TemplateError("the tokenizer has no chat template; pass --template "
+                        + " or --template ".join(FALLBACK_TEMPLATES))
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def end_token(tokenizer, stop_ids: list[int] | None = None) -> tuple[int, bool]:
+    """The token that closes assistant turns, and whether generation already stops on it.
+
+    Raises TemplateError when assistant turns end without a special token: a model trained on such a
+    template never learns to stop (the endless-output bug).
+    """
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "PROBE"}]
+    prefix = render(tokenizer, probe[:1], add_generation_prompt=True)
+    full = render(tokenizer, probe)
+    if not full.startswith(prefix) or "PROBE" not in full[len(prefix):]:
+        raise TemplateError("the chat template does not render a conversation as a prefix of its continuation")
+    suffix = full[len(prefix):].split("PROBE", 1)[1]
+    ids = tokenizer(suffix.lstrip(" "), add_special_tokens=False)["input_ids"] if suffix.strip() else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    if not ids or ids[0] not in special:
+        raise TemplateError(
+            f"the chat template ends assistant turns with {suffix!r}, not with a special token the tokenizer "
+            "has: the model would never learn to stop. Use a template that closes turns with an end token "
+            f"(or --template {next(iter(FALLBACK_TEMPLATES))}).")
+    stops = set(stop_ids if stop_ids is not None else [tokenizer.eos_token_id])
+    return ids[0], ids[0] in stops
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]  # -100 where no loss is taken
+    truncated: bool
+
+
+def assistant_spans(tokenizer, messages: list[dict], end_text: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of every assistant turn (its content + end token)."""
+    full = render(tokenizer, messages)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        upto = render(tokenizer, messages[: i + 1])
+        if not upto.startswith(prefix) or not full.startswith(upto):
+            raise TemplateError("the chat template changes earlier turns as the conversation grows; "
+                                "cannot tell assistant tokens apart")
+        start, end = len(prefix), len(upto)
+        if end_text and end_text in full[start:end]:  # stop after the end token (not the newline after it)
+            end = full.rindex(end_text, start, end) + len(end_text)
+        spans.append((start, end))
+    return full, spans
+
+
+def tokenize_sft(tokenizer, messages: list[dict], max_len: int, end_text: str | None = None) -> Tokenized:
+    text, spans = assistant_spans(tokenizer, messages, end_text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = [-100] * len(ids)
+    for k, (s, _e) in enumerate(enc["offset_mapping"]):
+        if any(a <= s < b for a, b in spans):
+            labels[k] = ids[k]
+    truncated = len(ids) > max_len
+    return Tokenized(ids[:max_len], labels[:max_len], truncated)
+
+
+def tokenize_pair(tokenizer, pair: Pair, max_len: int) -> tuple[list[int], list[int], bool]:
+    """(chosen ids, rejected ids, truncated). Over-long sequences keep their end: the score is read there."""
+    out, truncated = [], False
+    for side in (pair.chosen, pair.rejected):
+        ids = tokenizer(render(tokenizer, pair.prompt + side), add_special_tokens=False)["input_ids"]
+        if len(ids) > max_len:
+            ids, truncated = ids[-max_len:], True
+        out.append(ids)
+    return out[0], out[1], truncated
+
+
+def prepare_sft(tokenizer, conversations: list[list[dict]], max_len: int, source: str = "<data>"):
+    """Tokenize all; returns (examples, stats). Examples that lost every assistant token are dropped."""
+    end_id, _ = end_token(tokenizer)
+    end_text = tokenizer.convert_ids_to_tokens(end_id)
+    examples, truncated, dropped = [], 0, 0
+    for n, msgs in enumerate(conversations, 1):
+        try:
+            tok = tokenize_sft(tokenizer, msgs, max_len, end_text)
+        except TemplateError:
+            raise
+        except Exception as exc:  # a template that raises on this conversation (e.g. role order)
+            raise DataError(source, f"record {n}", "messages", f"the chat template refused it: {exc}") from exc
+        truncated += tok.truncated
+        if all(x == -100 for x in tok.labels):
+            dropped += 1
+            continue
+        examples.append(tok)
+    stats = {"examples": len(examples), "truncated": truncated, "dropped_no_assistant_tokens": dropped,
+             "tokens": sum(len(e.input_ids) for e in examples),
+             "loss_tokens": sum(sum(x != -100 for x in e.labels) for e in examples)}
+    if not examples:
+        raise DataError(source, None, None, f"no example keeps an assistant token within max_len={max_len}")
+    return examples, stats
+
+
+def prepare_pairs(tokenizer, pairs: list[Pair], max_len: int, source: str = "<data>"):
+    examples, truncated = [], 0
+    for n, pair in enumerate(pairs, 1):
+        try:
+            c, r, t = tokenize_pair(tokenizer, pair, max_len)
+        except Exception as exc:
+            raise DataError(source, f"record {n}", None, f"the chat template refused it: {exc}") from exc
+        truncated += t
+        examples.append((c, r))
+    stats = {"examples": len(examples), "truncated": truncated,
+             "tokens": sum(len(c) + len(r) for c, r in examples)}
+    return examples, stats
