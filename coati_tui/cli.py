@@ -148,7 +148,7 @@ def train(
     nnodes: int = typer.Option(1, "--nnodes", min=1),
     node_rank: int = typer.Option(0, "--node-rank", min=0),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr"),
-    master_port: int = typer.Option(29500, "--master-port"),
+    master_port: int = typer.Option(0, "--master-port", help="default: a free port (one node), 29500 (several)"),
     as_json: bool = typer.Option(False, "--json", help="print the event stream (JSON lines) instead of progress"),
 ) -> None:
     """Train a stage in a child process; every app run can be replayed with this command."""

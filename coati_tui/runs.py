@@ -24,11 +24,19 @@ class Launch:
     nnodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    master_port: int = 0  # 0: a free port on a single node, 29500 across nodes
 
     @property
     def distributed(self) -> bool:
         return self.nproc_per_node > 1 or self.nnodes > 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def new_run_dir(stage: str, model: str, root: Path | None = None) -> Path:
@@ -48,11 +56,12 @@ def new_run_dir(stage: str, model: str, root: Path | None = None) -> Path:
 def command(run_dir: Path, launch: Launch | None = None) -> list[str]:
     launch = launch or Launch()
     if not launch.distributed:
-        return [sys.executable, "-m", "coati_tui.train", "--run", str(run_dir)]
+        return [sys.executable, "-m", "coati_tui.train", str(run_dir)]
+    port = launch.master_port or (_free_port() if launch.nnodes == 1 else 29500)
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}",
             f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}",
-            f"--master-addr={launch.master_addr}", f"--master-port={launch.master_port}",
-            "-m", "coati_tui.train", "--run", str(run_dir)]
+            f"--master-addr={launch.master_addr}", f"--master-port={port}",
+            "-m", "coati_tui.train", str(run_dir)]
 
 
 def launch(run_dir: Path, launch: Launch | None = None, stderr=None) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""The trainer child: ``python -m coati_tui.train --run RUN_DIR`` (the stage is in RUN_DIR/config.toml).
+"""The trainer child: ``python -m coati_tui.train RUN_DIR`` (the stage is in RUN_DIR/config.toml).
 
 The CLI and the app start it (through torchrun for several processes); a user can run it by hand on a
 run folder too. Events go to stdout and RUN_DIR/events.jsonl; logs to stderr and RUN_DIR/train.log.
@@ -13,7 +13,8 @@ from coati_tui.train.config import RunConfig
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m coati_tui.train", description=__doc__)
-    ap.add_argument("--run", required=True, help="run folder holding config.toml")
+    # a positional: torchrun would take "--run" for an abbreviation of its own --run-path
+    ap.add_argument("run", help="run folder holding config.toml")
     args = ap.parse_args(argv)
     stage = RunConfig.read(args.run).stage
     if stage == "sft":

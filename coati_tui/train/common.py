@@ -182,7 +182,9 @@ class Run:
     def loop(self, *, model, strategy, train_set: list, collate: Callable, loss_fn: Callable,
              evaluate: Callable | None, length: Callable[[object], int], save_final: Callable,
              counts: Callable[[dict], tuple[int, int]], extra_start: dict) -> None:
-        """Train: ``loss_fn(model, batch) -> (loss, metrics)``; ``counts(batch) -> (tokens, samples)``."""
+        """Train: ``loss_fn(model, batch) -> (loss, metrics)``; ``counts(batch) -> (tokens, samples)``;
+        ``save_final(model, folder, weights_dir)`` writes the final folder (weights_dir: weights a sharded
+        strategy already wrote collectively, else None)."""
         import torch
 
         cfg, p = self.cfg, self.cfg.preset
@@ -252,7 +254,7 @@ class Run:
         if evaluate:
             self._eval(evaluate, model, state.step)
         final = self.dir / "final"
-        save_final(strategy.unwrap(model), final)
+        strategy.save_final(model, final, save_final)
         self.emit("done", status="completed", step=state.step, total_steps=total, final=str(final))
 
     def _eval(self, evaluate: Callable, model, step: int) -> None:

@@ -82,10 +82,10 @@ def main(run_dir: str | Path) -> None:
                     "rejected_reward": float(r.mean()), "margin": float((c - r).mean()),
                     "loss": float(-F.logsigmoid(c - r).mean()), "pairs": len(held)}
 
-        def save_final(model, folder: Path):
+        def save_final(model, folder: Path, weights: Path | None):
             if hasattr(model, "merge_and_unload") and not preset.quant.bits:
                 model = model.merge_and_unload()
-            _save_final(model, tokenizer, folder, end_id, stage="rm", base=cfg.model)
+            _save_final(model, tokenizer, folder, end_id, stage="rm", base=cfg.model, weights=weights)
 
         run.loop(model=prepared.model, strategy=strategy, train_set=train_set, collate=collate,
                  loss_fn=loss_fn, evaluate=evaluate if held else None,

@@ -75,8 +75,8 @@ def main(run_dir: str | Path) -> None:
                 total, n = total + float(loss) * k, n + k
             return {"loss": total / max(n, 1)}
 
-        def save_final(model, folder: Path):
-            _save_final(model, tokenizer, folder, end_id, stage="sft", base=cfg.model)
+        def save_final(model, folder: Path, weights: Path | None):
+            _save_final(model, tokenizer, folder, end_id, stage="sft", base=cfg.model, weights=weights)
 
         run.loop(model=prepared.model, strategy=strategy, train_set=train_set, collate=collate,
                  loss_fn=loss_fn, evaluate=evaluate if held else None, length=lambda e: len(e.input_ids),
@@ -105,9 +105,11 @@ def _label_only_loss(model, batch):
     return F.cross_entropy(logits.float(), labels[keep])
 
 
-def _save_final(model, tokenizer, folder: Path, end_id: int, stage: str, base: str) -> None:
+def _save_final(model, tokenizer, folder: Path, end_id: int, stage: str, base: str,
+                weights: Path | None = None) -> None:
     """Standard form: a PEFT adapter (LoRA) or a full model, with tokenizer and a generation config that
-    stops on the template's end token. Written to a temp folder, then renamed."""
+    stops on the template's end token. Written to a temp folder, then renamed. ``weights``: safetensors
+    shards a sharded strategy already gathered (then only the config is written beside them)."""
     import json
     import shutil
 
@@ -115,7 +117,11 @@ def _save_final(model, tokenizer, folder: Path, end_id: int, stage: str, base: s
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if weights is not None:
+        shutil.move(str(weights), str(tmp))
+        model.config.save_pretrained(tmp)
+    else:
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     gen = getattr(inner, "generation_config", None) or GenerationConfig()

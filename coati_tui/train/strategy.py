@@ -237,6 +237,13 @@ class Naive:
         self.unwrap(model).load_state_dict(state, strict=False)
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
 
+    def save_final(self, model, folder: Path, write) -> None:
+        """Whole replicas: the first process writes the final folder; the others wait."""
+        self.barrier()
+        if self.rank == 0:
+            write(self.unwrap(model), folder, None)
+        self.barrier()
+
     def memory(self) -> dict:
         import psutil
 
@@ -294,7 +301,10 @@ class Colossal(Naive):
         return model, optimizer, scheduler
 
     def unwrap(self, model):
-        return model.unwrap()
+        try:  # keep a PeftModel a PeftModel: the final folder is a standard adapter
+            return model.unwrap(unwrap_peft=False)
+        except TypeError:
+            return model.unwrap()
 
     def no_sync(self, model, last: bool):
         import contextlib
@@ -327,6 +337,17 @@ class Colossal(Naive):
     @property
     def fast_path(self) -> bool:
         return False
+
+    def save_final(self, model, folder: Path, write) -> None:
+        if self.preset.strategy == "naive":
+            return super().save_final(model, folder, write)
+        # Gemini / ZeRO hold the weights in shards: every process takes part in gathering them
+        weights = folder.with_name(folder.name + ".weights")
+        self.booster.save_model(model, str(weights), shard=True, use_safetensors=True)
+        self.barrier()
+        if self.rank == 0:
+            write(self.unwrap(model), folder, weights)
+        self.barrier()
 
 
 def make_strategy(preset: Preset, device: str, precision: str):
