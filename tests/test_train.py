@@ -111,6 +111,8 @@ def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(tiny_model, 
     proc, whole = train("sft", *common, "--out", str(tmp_path / "whole"))
     assert proc.returncode == 0
     reference = {e["step"]: e["loss"] for e in of(whole, "step")}
+    kept = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir())
+    assert kept == ["step-16", "step-20"]  # 22 steps, one every 4, the last 2 kept
 
     out = tmp_path / "cut"
     child = subprocess.Popen([sys.executable, "-m", "coati_tui", "train", "sft", *common, "--out", str(out), "--json"],
@@ -192,3 +194,14 @@ def test_two_processes_under_torchrun(tiny_model, sft_data, tmp_path):
     assert start["total_steps"] == 12 // 2
     assert of(evs, "done")[0]["status"] == "completed"
     assert (tmp_path / "ddp" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_tensorboard_scalars_or_a_clear_missing_dependency(tiny_model, sft_data, tmp_path):
+    out = tmp_path / "tb"
+    proc, evs = train("sft", "--model", str(tiny_model), "--data", sft_data, "--out", str(out), *SMALL,
+                      "--max-steps", "2", "--tensorboard")
+    if importlib.util.find_spec("tensorboard") is None:
+        err, = of(evs, "error")
+        assert proc.returncode == 1 and err["kind"] == "missing_dependency" and "pip install tensorboard" in err["message"]
+    else:
+        assert proc.returncode == 0 and list((out / "tensorboard").glob("events.out.tfevents.*"))

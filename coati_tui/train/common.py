@@ -235,7 +235,7 @@ class Run:
                 steps_timed += 1
                 avg = (time.perf_counter() - started) / steps_timed
                 self.emit("step", step=state.step, total_steps=total, epoch=state.epoch, loss=loss_total,
-                          lr=scheduler.get_last_lr()[0], tokens_per_s=tokens / dt, samples_per_s=samples / dt,
+                          lr=scheduler.get_last_lr()[0], tokens=tokens, tokens_per_s=tokens / dt, samples_per_s=samples / dt,
                           eta_s=avg * (total - state.step), **strategy.memory(), **metrics_sum)
                 self.scalars("train", state.step, {"loss": loss_total, **metrics_sum})
                 if cfg.save_interval and state.step % cfg.save_interval == 0 and state.step < total:
