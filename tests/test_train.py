@@ -79,6 +79,14 @@ def test_lora_sft_writes_an_adapter_that_loads_and_stops(tiny_model, sft_data, t
     with torch.no_grad():
         assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]
 
+    # the next stage starts from this run folder: the adapter is merged into its base
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", preference_records(24))
+    proc, evs = train("rm", "--model", str(out), "--data", prefs, "--out", str(tmp_path / "rm"), *SMALL,
+                      "--max-steps", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert of(evs, "start")[0]["config"]["model"] == str(final)
+    assert (tmp_path / "rm" / "final" / "config.json").is_file()
+
 
 def test_rm_learns_a_learnable_preference(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(96))

@@ -89,9 +89,11 @@ def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | 
     else:
         model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     if adapter:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
-        model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
+        config = PeftConfig.from_pretrained(model_dir)
+        config.task_type = None  # an SFT (causal) adapter also merges into a reward model's backbone
+        model = PeftModel.from_pretrained(model, model_dir, config=config).merge_and_unload()
     if not preset.quant.bits:
         model.to(device)
     if preset.train.grad_checkpointing:
