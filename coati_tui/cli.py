@@ -223,7 +223,7 @@ def _check_machine(preset) -> None:
     """A preset this machine cannot run stops here, with the fix, before a child starts."""
     from coati_tui import hardware, planner
 
-    blocked = planner._unavailable(preset, planner.Machine.from_profile(hardware.profile()))
+    blocked = planner.unavailable(preset, planner.Machine.from_profile(hardware.profile()))
     if blocked:
         _fail(f"preset {preset.name}: {blocked[0]}. Fix: {blocked[1]}")
 

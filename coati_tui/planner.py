@@ -253,7 +253,7 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
 
 # ---- verdicts ----------------------------------------------------------------------------------
 
-def _unavailable(preset: Preset, machine: Machine) -> tuple[str, str] | None:
+def unavailable(preset: Preset, machine: Machine) -> tuple[str, str] | None:
     """(reason, fix) when the stack or hardware rules this preset out here."""
     if machine.described:
         return None
@@ -332,7 +332,7 @@ def plan(arch: Arch, presets: dict[str, Preset], machine: Machine, stages: tuple
          batch_size: int | None = None, seq_len: int | None = None, model: str = "") -> Plan:
     rows = []
     for preset in presets.values():
-        blocked = _unavailable(preset, machine)
+        blocked = unavailable(preset, machine)
         device = machine.device
         for stage in stages:
             batch = batch_size or preset.train.batch_size

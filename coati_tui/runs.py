@@ -31,7 +31,7 @@ class Launch:
         return self.nproc_per_node > 1 or self.nnodes > 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -57,7 +57,7 @@ def command(run_dir: Path, launch: Launch | None = None) -> list[str]:
     launch = launch or Launch()
     if not launch.distributed:
         return [sys.executable, "-m", "coati_tui.train", str(run_dir)]
-    port = launch.master_port or (_free_port() if launch.nnodes == 1 else 29500)
+    port = launch.master_port or (free_port() if launch.nnodes == 1 else 29500)
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}",
             f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}",
             f"--master-addr={launch.master_addr}", f"--master-port={port}",

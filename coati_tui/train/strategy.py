@@ -146,21 +146,15 @@ def check_requirements(preset: Preset) -> None:
         raise MissingDependency(f"preset {preset.name} needs bitsandbytes: pip install bitsandbytes")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def distributed_env() -> tuple[int, int]:
     """(rank, world size); a lone process gets a one-process group's variables."""
     import os
 
+    from coati_tui.runs import free_port
+
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
