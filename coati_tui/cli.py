@@ -170,62 +170,38 @@ def train(
         if not model or not data:
             _fail("--model and --data are required (or --resume RUN_DIR)")
         cfg = _resolve_config(stage, model, data, preset_name, strategy, locals())
-        try:  # the data's format is checked here, before anything heavy starts
-            (formats.load_sft if stage == "sft" else formats.load_preferences)(cfg.data, cfg.max_datasets_size)
-            if cfg.eval_data:
-                (formats.load_sft if stage == "sft" else formats.load_preferences)(cfg.eval_data)
+        try:
+            run_dir = runs.prepare(cfg, out)  # the data's format is checked before anything heavy starts
         except formats.DataError as exc:
             _fail(str(exc))
-        run_dir = Path(out) if out else runs.new_run_dir(stage, model)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.write(run_dir)
-    _check_machine(cfg.preset)
+    why = runs.blocked(cfg.preset)
+    if why:
+        _fail(why)
     launch = runs.Launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     raise typer.Exit(_watch(run_dir, launch, as_json))
 
 
 def _resolve_config(stage, model, data, preset_name, strategy, opts):
-    from coati_tui import hardware, modelinfo, planner, presets
-    from coati_tui.train.config import RunConfig
+    from coati_tui import modelinfo, presets
+    from coati_tui.train import config
 
+    if strategy:
+        if strategy not in STRATEGY_ALIASES:
+            _fail(f"--strategy must be one of {', '.join(STRATEGY_ALIASES)}")
+        preset_name = preset_name or STRATEGY_ALIASES[strategy]
+    overrides = {f"train.{k}": opts[k] for k in ("batch_size", "accumulation_steps", "lr", "max_epochs", "max_len")
+                 if opts[k] is not None}
+    if opts["lora_rank"] is not None:
+        overrides["lora.rank"] = opts["lora_rank"]
+    if opts["grad_checkpointing"] is not None or opts["grad_checkpoint"]:
+        overrides["train.grad_checkpointing"] = bool(opts["grad_checkpointing"] or opts["grad_checkpoint"])
     try:
-        folder = modelinfo.resolve_model(model)
-        if strategy:
-            if strategy not in STRATEGY_ALIASES:
-                _fail(f"--strategy must be one of {', '.join(STRATEGY_ALIASES)}")
-            preset_name = preset_name or STRATEGY_ALIASES[strategy]
-        if not preset_name:  # the planner's pick for this machine
-            arch = modelinfo.Arch.from_config(modelinfo.read_config(folder))
-            result = planner.plan(arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()), (stage,))
-            preset_name = result.recommended_by_stage.get(stage) or "lora_naive"
-        preset = presets.load(preset_name)
-        if strategy == "naive" and opts["lora_rank"] == 0:
-            preset = preset.with_overrides({"lora.rank": 0}, "--lora_rank")
-        overrides = {f"train.{k}": opts[k] for k in ("batch_size", "accumulation_steps", "lr", "max_epochs", "max_len")
-                     if opts[k] is not None}
-        if opts["lora_rank"] is not None:
-            overrides["lora.rank"] = opts["lora_rank"]
-        if opts["grad_checkpointing"] is not None or opts["grad_checkpoint"]:
-            overrides["train.grad_checkpointing"] = bool(opts["grad_checkpointing"] or opts["grad_checkpoint"])
-        preset = preset.with_overrides(overrides, "command line")
-        cfg = RunConfig(stage=stage, model=str(folder.absolute()), data=str(Path(data).expanduser().absolute()),
-                        preset=preset, eval_data=str(Path(opts["eval_data"]).absolute()) if opts["eval_data"] else "",
-                        eval_split=opts["eval_split"], max_datasets_size=opts["max_datasets_size"],
-                        max_steps=opts["max_steps"], seed=opts["seed"], save_interval=opts["save_interval"],
-                        template=opts["template"], loss=opts["loss"], tensorboard=opts["tensorboard"])
-        cfg.validate()
-        return cfg
+        return config.build(stage, model, data, preset_name, overrides, eval_data=opts["eval_data"] or "",
+                            eval_split=opts["eval_split"], max_datasets_size=opts["max_datasets_size"],
+                            max_steps=opts["max_steps"], seed=opts["seed"], save_interval=opts["save_interval"],
+                            template=opts["template"], loss=opts["loss"], tensorboard=opts["tensorboard"])
     except (modelinfo.ModelError, presets.PresetError, ValueError) as exc:
         _fail(str(exc))
-
-
-def _check_machine(preset) -> None:
-    """A preset this machine cannot run stops here, with the fix, before a child starts."""
-    from coati_tui import hardware, planner
-
-    blocked = planner.unavailable(preset, planner.Machine.from_profile(hardware.profile()))
-    if blocked:
-        _fail(f"preset {preset.name}: {blocked[0]}. Fix: {blocked[1]}")
 
 
 def _watch(run_dir: Path, launch, as_json: bool) -> int:

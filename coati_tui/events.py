@@ -93,10 +93,15 @@ class Emitter:
         event = make(type_, **fields)
         if self.enabled:
             line = json.dumps(event, ensure_ascii=False)
-            for out in (self.file, self.echo):
-                if out is not None:
-                    out.write(line + "\n")
-                    out.flush()
+            if self.file is not None:
+                self.file.write(line + "\n")
+                self.file.flush()
+            if self.echo is not None:
+                try:
+                    self.echo.write(line + "\n")
+                    self.echo.flush()
+                except (BrokenPipeError, OSError, ValueError):  # the watcher went away: the file goes on
+                    self.echo = None
         return event
 
     def close(self) -> None:

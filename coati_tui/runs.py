@@ -64,11 +64,59 @@ def command(run_dir: Path, launch: Launch | None = None) -> list[str]:
             "-m", "coati_tui.train", str(run_dir)]
 
 
-def launch(run_dir: Path, launch: Launch | None = None, stderr=None) -> subprocess.Popen:
-    """Start the trainer; its stdout carries the events (one JSON object per line)."""
+def launch(run_dir: Path, launch: Launch | None = None, stderr=None, detached: bool = False) -> subprocess.Popen:
+    """Start the trainer; its stdout carries the events (one JSON object per line).
+
+    ``detached`` (the app): stdout is not read (the app tails events.jsonl instead) and the child gets its
+    own session, so it trains on when the app closes and the app re-attaches from the run folder."""
     log = open(Path(run_dir) / "child.log", "ab") if stderr is None else stderr
-    return subprocess.Popen(command(run_dir, launch), stdout=subprocess.PIPE, stderr=log, text=True,
-                            encoding="utf-8", env=child_env(), bufsize=1)
+    return subprocess.Popen(command(run_dir, launch), stdout=subprocess.DEVNULL if detached else subprocess.PIPE,
+                            stderr=log, text=True, encoding="utf-8", env=child_env(), bufsize=1,
+                            start_new_session=detached)
+
+
+def alive(run_dir: Path) -> int | None:
+    """The pid of the run's trainer while it lives, else None."""
+    import psutil
+
+    try:
+        pid = int((Path(run_dir) / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        return pid if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
+
+
+def list_runs(root: Path | None = None) -> list[dict]:
+    """Every run folder under ``root``, newest first, with ``status`` (see ``status``)."""
+    root = root or paths.runs_dir()
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / "config.toml").is_file()]
+    return [status(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+class Tail:
+    """Reads the events appended to a run's events.jsonl since the last call (whole lines only)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "events.jsonl"
+        self.offset = 0
+        self.partial = ""
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open(encoding="utf-8") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+            self.offset = f.tell()
+        lines = (self.partial + chunk).split("\n")
+        self.partial = lines.pop()
+        return [e for e in map(events.parse, lines) if e is not None]
 
 
 def status(run_dir: Path) -> dict:
@@ -80,6 +128,30 @@ def status(run_dir: Path) -> dict:
     state = "unknown" if not evs else "running"
     if end is not None:
         state = end["status"] if end["type"] == "done" else "failed"
+    elif evs and alive(run_dir) is None:
+        state = "stopped"  # killed without a word (kill -9, power loss): resume from the last checkpoint
     return {"run": str(run_dir), "stage": start["stage"] if start else None, "status": state,
             "step": steps[-1]["step"] if steps else 0, "loss": steps[-1]["loss"] if steps else None,
             "final": (Path(run_dir) / "final").is_dir()}
+
+
+def blocked(preset) -> str | None:
+    """Why this machine cannot run ``preset`` (with the fix), or None."""
+    from coati_tui import hardware, planner
+
+    why = planner.unavailable(preset, planner.Machine.from_profile(hardware.profile()))
+    return f"preset {preset.name}: {why[0]}. Fix: {why[1]}" if why else None
+
+
+def prepare(cfg, run_dir: Path | None = None) -> Path:
+    """Check the data's format (raises DataError naming file, line, field), then write the run folder."""
+    from coati_tui.data import formats
+
+    load = formats.load_sft if cfg.stage == "sft" else formats.load_preferences
+    load(cfg.data, cfg.max_datasets_size)
+    if cfg.eval_data:
+        load(cfg.eval_data)
+    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg.stage, cfg.model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.write(run_dir)
+    return run_dir

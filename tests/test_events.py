@@ -1,4 +1,5 @@
 import io
+import os
 import json
 
 import pytest
@@ -38,6 +39,8 @@ def test_run_status_from_files(tmp_path):
     assert runs.status(tmp_path)["status"] == "unknown"
     emit("start", stage="rm", config={}, params=1, trainable_params=1, strategy="naive", device="cpu",
          precision="fp32", total_steps=2)
+    assert runs.status(tmp_path)["status"] == "stopped"  # events but no live trainer
+    (tmp_path / "pid").write_text(str(os.getpid()))
     assert runs.status(tmp_path)["status"] == "running"
     emit("error", kind="data", message="bad", log_tail=[])
     emit.close()

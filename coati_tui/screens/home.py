@@ -24,6 +24,10 @@ class HomeScreen(Screen):
         Binding("r", "refresh_profile", "Re-profile", id="refresh"),
         Binding("m", "focus_model", "Model", id="model"),
         Binding("b", "toggle_breakdown", "Breakdown", id="breakdown"),
+        Binding("d", "focus_data", "Data", id="data"),
+        Binding("s", "train('sft')", "Train SFT", id="train_sft"),
+        Binding("w", "train('rm')", "Train RM", id="train_rm"),
+        Binding("u", "runs", "Runs", id="runs"),
     ]
 
     def __init__(self, model: str | None = None) -> None:
@@ -40,6 +44,8 @@ class HomeScreen(Screen):
                 yield Input(value="" if self.model == DEMO else self.model, id="model-input", compact=True,
                             placeholder="model folder, run folder or cached hub id (empty: the demo)")
                 yield Static(id="model-info")
+                yield Input(id="data-input", compact=True,
+                            placeholder="data file for the stage (.jsonl .json .csv .parquet or a datasets folder)")
             yield PlanTable(id="plan")
             yield Static(id="detail")
         yield Footer()
@@ -60,6 +66,54 @@ class HomeScreen(Screen):
     def action_toggle_breakdown(self) -> None:
         self.show_breakdown = not self.show_breakdown
         self._show_detail()
+
+    def action_focus_data(self) -> None:
+        self.query_one("#data-input", Input).focus()
+
+    def action_runs(self) -> None:
+        from coati_tui.screens.runs import RunsScreen
+
+        self.app.push_screen(RunsScreen())
+
+    def action_train(self, stage: str) -> None:
+        table = self.query_one("#plan", PlanTable)
+        data = self.query_one("#data-input", Input).value.strip()
+        if self.model == DEMO:
+            self.notify("Choose a model folder first (m).", severity="warning")
+            return
+        if not data or not table.plan or table.row_count == 0:
+            self.notify("Choose the data file first (d).", severity="warning")
+            self.action_focus_data()
+            return
+        preset = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        self._start(stage, self.model, data, preset)
+
+    @work(thread=True, exclusive=True, group="start")
+    def _start(self, stage: str, model: str, data: str, preset: str) -> None:
+        from coati_tui import runs
+        from coati_tui.train import config
+
+        try:
+            cfg = config.build(stage, model, data, preset)
+            why = runs.blocked(cfg.preset)
+            if why:
+                raise ValueError(why)
+            run_dir = runs.prepare(cfg)
+        except Exception as exc:  # ModelError, PresetError, DataError, ValueError: all say what is wrong
+            self.app.call_from_thread(self.notify, str(exc), title="Cannot start", severity="error", timeout=15)
+            return
+        self.app.call_from_thread(self._open_run, run_dir)
+
+    def _open_run(self, run_dir) -> None:
+        from coati_tui.screens.train import TrainScreen
+
+        gpu = self.profile.gpus[0].total_bytes if self.profile and self.profile.gpus else 0
+        ram = self.profile.cpu.ram_total_bytes if self.profile else 0
+        self.app.push_screen(TrainScreen(run_dir, start=True, gpu_total=gpu, ram_total=ram))
+
+    @on(Input.Submitted, "#data-input")
+    def _data_chosen(self, _event) -> None:
+        self.query_one("#plan", PlanTable).focus()
 
     @on(Input.Submitted, "#model-input")
     def _model_chosen(self, event: Input.Submitted) -> None:

@@ -85,6 +85,8 @@ class Run:
                             force=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        if self.main:  # so a watcher that attaches later can find (and cancel) this process
+            (self.dir / "pid").write_text(str(os.getpid()))
         return self
 
     def _on_signal(self, signum, _frame) -> None:

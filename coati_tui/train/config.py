@@ -77,3 +77,22 @@ class RunConfig:
         cfg = cls(preset=preset, **data)
         cfg.validate()
         return cfg
+
+
+def build(stage: str, model: str, data: str, preset_name: str | None = None, overrides: dict | None = None,
+          eval_data: str = "", **settings) -> RunConfig:
+    """A validated RunConfig from what a user chose. No preset: the planner's pick for this machine.
+    Raises ModelError / PresetError / ValueError with a message fit to show."""
+    from coati_tui import hardware, modelinfo, planner
+
+    folder = modelinfo.resolve_model(model)
+    if not preset_name:
+        arch = modelinfo.Arch.from_config(modelinfo.read_config(folder))
+        result = planner.plan(arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()), (stage,))
+        preset_name = result.recommended_by_stage.get(stage) or "lora_naive"
+    preset = presets.load(preset_name).with_overrides(overrides or {}, "overrides")
+    cfg = RunConfig(stage=stage, model=str(folder.absolute()), data=str(Path(data).expanduser().absolute()),
+                    preset=preset, eval_data=str(Path(eval_data).expanduser().absolute()) if eval_data else "",
+                    **settings)
+    cfg.validate()
+    return cfg

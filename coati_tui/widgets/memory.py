@@ -1,0 +1,32 @@
+"""Memory while training: GPU allocated / reserved / peak against the card, CPU RSS against RAM."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.widgets import Static
+
+from coati_tui.widgets.machine import bar
+
+
+class MemoryPanel(Static):
+    DEFAULT_CSS = """
+    MemoryPanel { height: auto; border: round $primary; padding: 0 1; }
+    """
+
+    def __init__(self, gpu_total: int = 0, ram_total: int = 0, **kwargs) -> None:
+        super().__init__("waiting for the first step…", **kwargs)
+        self.border_title = "Memory"
+        self.gpu_total, self.ram_total = gpu_total, ram_total
+        self.cpu_peak = 0
+
+    def show(self, step: dict) -> None:
+        t = Table.grid(padding=(0, 1))
+        t.add_column(style="bold", no_wrap=True)
+        t.add_column()
+        if "gpu_allocated" in step and self.gpu_total:
+            t.add_row("GPU", bar(step["gpu_allocated"], self.gpu_total))
+            t.add_row("", bar(step.get("gpu_peak", 0), self.gpu_total).append("  peak"))
+        self.cpu_peak = max(self.cpu_peak, step["cpu_rss"])
+        t.add_row("RSS", bar(step["cpu_rss"], self.ram_total or step["cpu_rss"]))
+        t.add_row("", bar(self.cpu_peak, self.ram_total or self.cpu_peak).append("  peak"))
+        self.update(t)

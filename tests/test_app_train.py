@@ -1,0 +1,75 @@
+"""The wizard end to end on a tiny model: model -> data -> plan -> a real training child on CPU ->
+loss points in the plot -> cancel -> resume -> the run in Runs."""
+
+import os
+import time
+
+from sample_data import sft_records, write_jsonl
+
+from coati_tui.app import CoatiApp
+from coati_tui.screens.runs import RunsScreen
+from coati_tui.screens.train import TrainScreen
+from coati_tui.widgets.loss_plot import LossPlot
+from coati_tui.widgets.plan_table import PlanTable
+
+
+async def wait_for(pilot, cond, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        await pilot.pause(0.2)
+    app = pilot.app
+    raise AssertionError(f"timed out waiting; screen {type(app.screen).__name__} {getattr(app.screen, 'status', None)}, "
+                         f"notifications {[n.message for n in app._notifications]}")
+
+
+async def test_wizard_trains_cancels_resumes_and_lists_the_run(tiny_model, tmp_path):
+    home = os.environ["COATI_TUI_HOME"]
+    os.makedirs(f"{home}/presets")
+    with open(f"{home}/presets/lora_small.toml", "w", encoding="utf-8") as f:
+        f.write('description = "小 LoRA for tests"\n[lora]\nrank = 4\n'
+                '[train]\nbatch_size = 2\naccumulation_steps = 1\nmax_len = 64\nmax_epochs = 10\n')
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
+    app = CoatiApp(model=str(tiny_model))
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.screen.query_one("#plan", PlanTable)
+        await wait_for(pilot, lambda: table.row_count > 0)
+        app.screen.query_one("#data-input").value = data
+        table.move_cursor(row=table.get_row_index("lora_small"))
+        table.focus()
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+        train = app.screen
+        plot = train.query_one(LossPlot)
+        await wait_for(pilot, lambda: len(plot.values) >= 2)  # loss points arrive from the child
+        await pilot.press("c")
+        await wait_for(pilot, lambda: train.status == "cancelled")
+        cut = max(plot.steps)
+        assert cut < train.total
+        await pilot.press("r")
+        await wait_for(pilot, lambda: train.status == "completed", timeout=240)
+        assert max(plot.steps) == train.total and len(plot.values) == train.total
+        assert (train.run_dir / "final" / "adapter_model.safetensors").is_file()
+        await pilot.press("escape")
+        await pilot.press("u")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
+        rows = app.screen.query_one("#runs-table")
+        assert rows.row_count == 1
+        assert "completed" in str(rows.get_row_at(0)[2])
+
+
+async def test_a_crashing_trainer_shows_the_error_and_the_app_keeps_working(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "你好"}\n', encoding="utf-8")
+    app = CoatiApp(model=str(tiny_model))
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.screen.query_one("#plan", PlanTable)
+        await wait_for(pilot, lambda: table.row_count > 0)
+        app.screen.query_one("#data-input").value = str(bad)
+        table.focus()
+        await pilot.press("s")  # the data check refuses before any child starts
+        await wait_for(pilot, lambda: any("line 1" in str(n.message) for n in app._notifications))
+        assert not isinstance(app.screen, TrainScreen)
+        await pilot.press("b")  # still responsive
+        assert app.screen.show_breakdown
