@@ -119,10 +119,13 @@ STRATEGY_ALIASES = {"naive": "lora_naive", "colossalai_gemini": "gemini_offload"
 
 @app.command(context_settings={"allow_interspersed_args": True})
 def train(
-    stage: str = typer.Argument(..., help="sft or rm"),
+    stage: str = typer.Argument(..., help="sft, rm or ppo"),
     model: Optional[str] = typer.Option(None, "--model", "--pretrain", "-m",
                                         help="model folder, earlier run folder, or cached hub id"),
-    data: Optional[str] = typer.Option(None, "--data", "--dataset", help=".jsonl/.json/.csv/.parquet or a datasets folder"),
+    data: Optional[str] = typer.Option(None, "--data", "--dataset", "--prompts", "--prompt_dataset",
+                                       help=".jsonl/.json/.csv/.parquet or a datasets folder (PPO: prompts)"),
+    reward: Optional[str] = typer.Option(None, "--reward", "--rm_pretrain", help="PPO: reward model or RM run folder"),
+    ptx: Optional[str] = typer.Option(None, "--ptx", "--pretrain_dataset", help="PPO: SFT data for the PTX loss"),
     preset_name: Optional[str] = typer.Option(None, "--preset", help="preset name or .toml file (default: the planner's pick)"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="ColossalChat spelling: naive | colossalai_gemini | colossalai_zero2_cpu"),
     out: Optional[Path] = typer.Option(None, "--out", "--save_path", "--save-path", help="run folder (default: ~/coati-tui/runs/...)"),
@@ -149,6 +152,23 @@ def train(
     node_rank: int = typer.Option(0, "--node-rank", min=0),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr"),
     master_port: int = typer.Option(0, "--master-port", help="default: a free port (one node), 29500 (several)"),
+    eval_interval: int = typer.Option(0, "--eval-interval", min=0, help="steps between evals (0: per epoch / PPO: at the end)"),
+    kl_coef: Optional[float] = typer.Option(None, "--kl-coef", "--kl_coef", min=0, rich_help_panel="PPO"),
+    ptx_coef: Optional[float] = typer.Option(None, "--ptx-coef", "--ptx_coef", min=0, rich_help_panel="PPO"),
+    clip_eps: Optional[float] = typer.Option(None, "--clip-eps", min=0, rich_help_panel="PPO"),
+    value_clip: Optional[float] = typer.Option(None, "--value-clip", min=0, rich_help_panel="PPO"),
+    gamma: Optional[float] = typer.Option(None, "--gamma", min=0, max=1, rich_help_panel="PPO"),
+    lam: Optional[float] = typer.Option(None, "--lambda", "--lam", min=0, max=1, rich_help_panel="PPO"),
+    rollout_batch: Optional[int] = typer.Option(None, "--rollout-batch", "--experience_batch_size", min=1, rich_help_panel="PPO"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, rich_help_panel="PPO"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.01, rich_help_panel="PPO"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=0, rich_help_panel="PPO"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.01, max=1, rich_help_panel="PPO"),
+    ppo_epochs: Optional[int] = typer.Option(None, "--ppo-epochs", min=1, rich_help_panel="PPO"),
+    critic_lr: Optional[float] = typer.Option(None, "--critic-lr", min=0, rich_help_panel="PPO"),
+    whiten_advantages: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", rich_help_panel="PPO"),
+    reward_clip: Optional[float] = typer.Option(None, "--reward-clip", min=0, rich_help_panel="PPO"),
+    task: str = typer.Option("", "--task", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="print the event stream (JSON lines) instead of progress"),
 ) -> None:
     """Train a stage in a child process; every app run can be replayed with this command."""
@@ -156,8 +176,8 @@ def train(
     from coati_tui.data import formats
     from coati_tui.train.config import RunConfig
 
-    if stage not in ("sft", "rm"):
-        _fail(f"stage must be sft or rm, not {stage!r} (PPO arrives with `coati-tui train ppo`)")
+    if stage not in ("sft", "rm", "ppo"):
+        _fail(f"stage must be sft, rm or ppo, not {stage!r}")
     if resume:
         try:
             cfg = RunConfig.read(resume)
@@ -169,6 +189,8 @@ def train(
     else:
         if not model or not data:
             _fail("--model and --data are required (or --resume RUN_DIR)")
+        if stage == "ppo" and not reward:
+            _fail("PPO needs --reward (a reward model, or an RM run folder)")
         cfg = _resolve_config(stage, model, data, preset_name, strategy, locals())
         try:
             run_dir = runs.prepare(cfg, out)  # the data's format is checked before anything heavy starts
@@ -179,6 +201,10 @@ def train(
         _fail(why)
     launch = runs.Launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     raise typer.Exit(_watch(run_dir, launch, as_json))
+
+
+PPO_OPTIONS = ("kl_coef", "ptx_coef", "clip_eps", "value_clip", "gamma", "lam", "rollout_batch", "max_new_tokens",
+               "temperature", "top_k", "top_p", "ppo_epochs", "critic_lr", "whiten_advantages", "reward_clip")
 
 
 def _resolve_config(stage, model, data, preset_name, strategy, opts):
@@ -195,8 +221,11 @@ def _resolve_config(stage, model, data, preset_name, strategy, opts):
         overrides["lora.rank"] = opts["lora_rank"]
     if opts["grad_checkpointing"] is not None or opts["grad_checkpoint"]:
         overrides["train.grad_checkpointing"] = bool(opts["grad_checkpointing"] or opts["grad_checkpoint"])
+    overrides.update({f"ppo.{k}": opts[k] for k in PPO_OPTIONS if opts.get(k) is not None})
     try:
         return config.build(stage, model, data, preset_name, overrides, eval_data=opts["eval_data"] or "",
+                            reward=opts.get("reward") or "", ptx_data=opts.get("ptx") or "",
+                            eval_interval=opts.get("eval_interval", 0), task=opts.get("task", ""),
                             eval_split=opts["eval_split"], max_datasets_size=opts["max_datasets_size"],
                             max_steps=opts["max_steps"], seed=opts["seed"], save_interval=opts["save_interval"],
                             template=opts["template"], loss=opts["loss"], tensorboard=opts["tensorboard"])
@@ -231,8 +260,13 @@ def _watch(run_dir: Path, launch, as_json: bool) -> int:
                 bar.update(task, description=f"{ev['stage']} · {ev['strategy']} · {ev['device']}",
                            total=ev["total_steps"], completed=ev.get("resumed_from", 0))
             elif kind == "step":
+                head = (f"reward {ev['reward_mean']:+.3f} · KL {ev['kl']:.3f}" if "reward_mean" in ev
+                        else f"loss {ev['loss']:.4f}")
                 bar.update(task, completed=ev["step"],
-                           info=f"loss {ev['loss']:.4f} · {ev['tokens_per_s']:.0f} tok/s · RAM {fmt_bytes(ev['cpu_rss'])}")
+                           info=f"{head} · {ev['tokens_per_s']:.0f} tok/s · RAM {fmt_bytes(ev['cpu_rss'])}")
+            elif kind == "sample":
+                bar.console.print(f"[dim]sample @{ev['step']}: {ev['prompt']!r} -> {ev['response']!r} "
+                                  f"(reward {ev.get('reward', float('nan')):+.3f})[/]")
             elif kind in ("log", "checkpoint", "eval"):
                 msg = ev.get("message") or (f"checkpoint {ev['path']}" if kind == "checkpoint" else
                                             "eval " + ", ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items()))
@@ -251,6 +285,89 @@ def _watch(run_dir: Path, launch, as_json: bool) -> int:
         console.print(f"[red]trainer exited with {code}[/]; see {run_dir}/child.log")
     console.print(f"run folder: {run_dir}")
     return code
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="data and model folder (default: ~/coati-tui/demo)"),
+    ppo_steps: int = typer.Option(0, "--ppo-steps", min=0, help="PPO steps (default: the demo's 40)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the event streams (JSON lines)"),
+) -> None:
+    """The whole loop on a CPU in minutes: a tiny model and a synthetic bilingual task, SFT -> RM -> PPO.
+
+    The task ("list three fruits" / "请列出三种水果") has a true score a program computes, so the demo
+    prints whether each stage worked: the reward model's held-out accuracy, and the PPO model's true score
+    against the SFT model's, with the KL it cost. The runs land in ~/coati-tui/runs/demo-*.
+    """
+    import shutil
+
+    from coati_tui import demo as task
+    from coati_tui import events, paths, runs
+    from coati_tui.tiny import CORPUS, build_tiny_model
+    from coati_tui.train import config
+
+    root = out or paths.home() / "demo"
+    files = task.write_task(root / "data", seed)
+    console = _console()
+    console.print(f"[bold]coati-tui demo[/]: data in {root / 'data'}")
+    model = build_tiny_model(root / "model", corpus=task.corpus() + CORPUS, vocab_size=512, hidden=64, layers=2,
+                             seed=seed)
+    inputs = {"sft": (str(model), files["sft"]), "rm": (None, files["prefs"]), "ppo": (None, files["prompts"])}
+    results: dict[str, list[dict]] = {}
+    for stage in ("sft", "rm", "ppo"):
+        spec = task.STAGES[stage]
+        settings = dict(spec["settings"])
+        if stage == "ppo" and ppo_steps:
+            settings["max_steps"] = ppo_steps
+        run_dir = paths.runs_dir() / f"demo-{stage}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        start = inputs[stage][0] or str(paths.runs_dir() / "demo-sft")
+        extra = {}
+        if stage == "ppo":
+            extra = {"reward": str(paths.runs_dir() / "demo-rm"), "ptx_data": str(files["sft"]),
+                     "eval_data": str(files["test_prompts"])}
+        cfg = config.build(stage, start, str(inputs[stage][1]), "lora_naive", spec["overrides"], seed=seed,
+                           **extra, **settings)
+        runs.prepare(cfg, run_dir)
+        console.print(f"\n[bold]{stage}[/] · replay: coati-tui train {stage} --resume {run_dir}")
+        code = _watch(run_dir, runs.Launch(), as_json)
+        if code:
+            raise typer.Exit(code)
+        results[stage] = events.read(run_dir / "events.jsonl")
+    raise typer.Exit(_demo_report(results, console))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _demo_report(results: dict[str, list[dict]], console) -> int:
+    """Each stage's figure and whether it met the demo's bar; 1 when one did not."""
+    def evals(stage):
+        return [e for e in results[stage] if e["type"] == "eval"]
+
+    sft_loss = evals("sft")[-1]["metrics"].get("loss") if evals("sft") else None
+    rm = evals("rm")[-1]["metrics"] if evals("rm") else {}
+    ppo = evals("ppo")
+    before, after = (ppo[0]["metrics"], ppo[-1]["metrics"]) if ppo else ({}, {})
+    ok_rm = rm.get("accuracy", 0) >= 0.9
+    ok_ppo = after.get("true_score", 0) > before.get("true_score", 1)
+    console.print("\n[bold]demo results[/]")
+    console.print(f"  SFT  held-out loss {sft_loss:.3f}" if sft_loss is not None else "  SFT  (no eval)")
+    console.print(f"  RM   held-out accuracy {rm.get('accuracy', 0):.3f} (bar: >= 0.9) "
+                  + ("[green]ok[/]" if ok_rm else "[red]below[/]"))
+    console.print(f"  PPO  true score {before.get('true_score', float('nan')):.3f} (SFT model) -> "
+                  f"{after.get('true_score', float('nan')):.3f} (PPO model), reward "
+                  f"{before.get('reward', float('nan')):+.3f} -> {after.get('reward', float('nan')):+.3f}, "
+                  f"KL {after.get('kl', float('nan')):.3f} nats/answer "
+                  + ("[green]ok[/]" if ok_ppo else "[red]no gain[/]"))
+    print(json.dumps({"sft_eval_loss": sft_loss, "rm_accuracy": rm.get("accuracy"),
+                      "true_score_sft": before.get("true_score"), "true_score_ppo": after.get("true_score"),
+                      "kl": after.get("kl")}))
+    return 0 if ok_rm and ok_ppo else 1
 
 
 @app.command()

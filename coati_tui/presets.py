@@ -73,6 +73,30 @@ class Train:
 
 
 @dataclass
+class PPO:
+    rollout_batch: int = _f(16, "prompts answered per PPO step (one rollout)", minimum=1)
+    ppo_epochs: int = _f(2, "passes over each rollout; train.batch_size sets the mini-batch", minimum=1)
+    max_new_tokens: int = _f(128, "longest answer generated in a rollout", minimum=1)
+    max_prompt_len: int = _f(256, "prompt tokens kept (the end of longer prompts)", minimum=8)
+    temperature: float = _f(1.0, "sampling temperature of rollouts", minimum=0.01)
+    top_k: int = _f(0, "sample among the k likeliest tokens; 0 = off", minimum=0)
+    top_p: float = _f(1.0, "nucleus sampling mass; 1 = off", minimum=0.01)
+    kl_coef: float = _f(0.05, "weight of the per-token KL penalty against the reference (SFT) model", minimum=0)
+    ptx_coef: float = _f(0.1, "weight of the pretraining (SFT data) LM loss mixed into the actor loss", minimum=0)
+    clip_eps: float = _f(0.2, "PPO ratio clip: the policy moves at most this much per update", minimum=0)
+    value_clip: float = _f(0.2, "clip of the value update around the rollout's values", minimum=0)
+    gamma: float = _f(1.0, "GAE discount", minimum=0)
+    lam: float = _f(0.95, "GAE lambda: 1 = Monte-Carlo returns, 0 = one-step TD", minimum=0)
+    critic_lr: float = _f(1e-4, "critic (value model) learning rate", minimum=0)
+    whiten_advantages: bool = _f(True, "normalise advantages to mean 0, std 1 within a rollout")
+    reward_clip: float = _f(0.0, "clip reward-model scores to [-c, c]; 0 = off", minimum=0)
+    entropy_coef: float = _f(0.0, "entropy bonus weight (entropy is reported either way)", minimum=0)
+    ratio_limit: float = _f(10.0, "skip a mini-batch update whose largest ratio exceeds this", minimum=1)
+    sample_every: int = _f(5, "emit a sample (prompt, answer, reward) every N steps; 0 = never", minimum=0)
+    memory_lean: bool = _f(True, "one base model carries actor and critic adapters; reference = adapters off")
+
+
+@dataclass
 class Needs:
     cuda: bool = _f(False, "needs an NVIDIA GPU with CUDA")
     colossalai: bool = _f(False, "needs the [colossalai] extra")
@@ -91,6 +115,7 @@ class Preset:
     quant: Quant = field(default_factory=Quant)
     offload: Offload = field(default_factory=Offload)
     train: Train = field(default_factory=Train)
+    ppo: PPO = field(default_factory=PPO)
     needs: Needs = field(default_factory=Needs)
     path: str = field(default="", metadata={"help": "where it was read from", "internal": True})
 
@@ -179,6 +204,9 @@ def _check_rules(p: Preset, file: str) -> None:
     for key in ("optim_frac", "param_frac"):
         if getattr(p.offload, key) > 1:
             raise PresetError(file, f"offload.{key}", "a fraction between 0 and 1")
+    for key in ("top_p", "lam", "gamma"):
+        if getattr(p.ppo, key) > 1:
+            raise PresetError(file, f"ppo.{key}", "at most 1")
     if p.strategy == "naive" and (p.offload.optim_frac or p.offload.param_frac):
         raise PresetError(file, "offload", "offload fractions need the gemini strategy")
 

@@ -232,3 +232,43 @@ def load_preferences(path: str | Path, limit: int = 0) -> list[Pair]:
     if not out:
         raise DataError(path, None, None, "no records")
     return out
+
+
+def prompt_messages(rec: dict, path="<data>", where=None) -> list[dict]:
+    """A PPO prompt: ColossalChat ``{"messages": [...]}`` (a trailing assistant turn is dropped),
+    ``{"prompt": str | messages}``, ``{"instruction", "input"}``, or a CSV row with a prompt column."""
+    for field in ("messages", "conversations", "context"):
+        if field in rec:
+            msgs = _messages(rec[field], path, where, field)
+            while msgs and msgs[-1]["role"] == "assistant":
+                msgs = msgs[:-1]
+            break
+    else:
+        field = next((k for k in ("prompt", "instruction", "question", "query") if k in rec), None)
+        if field is None:
+            raise DataError(path, where, None, "not a prompt record: expected messages, prompt, instruction or "
+                                               f"question; got keys {sorted(rec)}")
+        value = rec[field]
+        if isinstance(value, list):
+            msgs = _messages(value, path, where, field)
+        else:
+            text = _text(value, path, where, field)
+            if field == "instruction" and rec.get("input"):
+                text += "\n\n" + _text(rec["input"], path, where, "input")
+            msgs = [{"role": "user", "content": text}]
+    if not msgs or msgs[-1]["role"] != "user":
+        raise DataError(path, where, field, "a prompt must end with a user message")
+    if not msgs[-1]["content"].strip():
+        raise DataError(path, where, field, "empty prompt")
+    return msgs
+
+
+def load_prompts(path: str | Path, limit: int = 0) -> list[list[dict]]:
+    out = []
+    for where, rec in iter_records(path):
+        out.append(prompt_messages(rec, path, where))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(path, None, None, "no records")
+    return out

@@ -108,11 +108,16 @@ def tokenize_sft(tokenizer, messages: list[dict], max_len: int, end_text: str | 
     return Tokenized(ids[:max_len], labels[:max_len], truncated)
 
 
-def tokenize_pair(tokenizer, pair: Pair, max_len: int) -> tuple[list[int], list[int], bool]:
-    """(chosen ids, rejected ids, truncated). Over-long sequences keep their end: the score is read there."""
+def tokenize_pair(tokenizer, pair: Pair, max_len: int, end_text: str | None = None) -> tuple[list[int], list[int], bool]:
+    """(chosen ids, rejected ids, truncated). Each ends at the answer's end token (what follows it in the
+    template is cut), where PPO reads the score of a generated answer too. Over-long sequences keep their
+    end: the score is read there."""
     out, truncated = [], False
     for side in (pair.chosen, pair.rejected):
-        ids = tokenizer(render(tokenizer, pair.prompt + side), add_special_tokens=False)["input_ids"]
+        text = render(tokenizer, pair.prompt + side)
+        if end_text and end_text in text:
+            text = text[: text.rindex(end_text) + len(end_text)]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_len:
             ids, truncated = ids[-max_len:], True
         out.append(ids)
@@ -145,10 +150,12 @@ def prepare_sft(tokenizer, conversations: list[list[dict]], max_len: int, source
 
 
 def prepare_pairs(tokenizer, pairs: list[Pair], max_len: int, source: str = "<data>"):
+    end_id, _ = end_token(tokenizer)
+    end_text = tokenizer.convert_ids_to_tokens(end_id)
     examples, truncated = [], 0
     for n, pair in enumerate(pairs, 1):
         try:
-            c, r, t = tokenize_pair(tokenizer, pair, max_len)
+            c, r, t = tokenize_pair(tokenizer, pair, max_len, end_text)
         except Exception as exc:
             raise DataError(source, f"record {n}", None, f"the chat template refused it: {exc}") from exc
         truncated += t

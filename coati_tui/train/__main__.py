@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     stage = RunConfig.read(args.run).stage
     if stage == "sft":
         from coati_tui.train.sft import main as run
-    else:
+    elif stage == "rm":
         from coati_tui.train.rm import main as run
+    else:
+        from coati_tui.train.ppo import main as run
     run(args.run)
 
 

@@ -142,7 +142,9 @@ class Run:
         found = [p for p in folder.iterdir() if p.name.startswith("step-") and p.is_dir()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
-    def save_checkpoint(self, state: LoopState, model, optimizer, scheduler, strategy) -> Path:
+    def save_checkpoint(self, state, strategy, write: Callable[[Path], None]) -> Path:
+        """``write(folder)`` stores the model and optimizer parts (every process calls it: sharded
+        strategies save collectively); the run adds the RNG states and ``state`` (a dataclass)."""
         import torch
 
         final = self.dir / "checkpoints" / f"step-{state.step}"
@@ -151,9 +153,8 @@ class Run:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         strategy.barrier()
-        strategy.save(model, optimizer, tmp)
+        write(tmp)
         if self.main:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps(state.__dict__))
             shutil.rmtree(final, ignore_errors=True)
@@ -164,19 +165,19 @@ class Run:
         strategy.barrier()
         return final
 
-    def load_checkpoint(self, model, optimizer, scheduler, strategy) -> LoopState:
+    def load_checkpoint(self, read: Callable[[Path], None], state_cls=LoopState):
+        """The last checkpoint's state (``read(folder)`` restores the model parts), or a fresh state."""
         import torch
 
         found = self.checkpoints()
         if not found:
-            return LoopState()
+            return state_cls()
         ckpt = found[-1]
-        strategy.load(model, optimizer, ckpt)
-        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        read(ckpt)
         rng = torch.load(ckpt / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-        state = LoopState(**json.loads((ckpt / "state.json").read_text()))
+        state = state_cls(**json.loads((ckpt / "state.json").read_text()))
         self.info(f"resumed from {ckpt} (step {state.step})", step=state.step)
         return state
 
@@ -201,7 +202,17 @@ class Run:
         warmup = int(total * p.train.warmup_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(warmup, total))
         model, optimizer, scheduler = strategy.boost(model, optimizer, scheduler)
-        state = self.load_checkpoint(model, optimizer, scheduler, strategy)
+
+        def write(folder: Path) -> None:
+            strategy.save(model, optimizer, folder)
+            if self.main:
+                torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+
+        def read(folder: Path) -> None:
+            strategy.load(model, optimizer, folder)
+            scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+
+        state = self.load_checkpoint(read)
         self.open_tensorboard()
         n_params = sum(q.numel() for q in model.parameters())
         self.emit("start", stage=cfg.stage, config=cfg.to_dict(), params=n_params,
@@ -241,7 +252,7 @@ class Run:
                           eta_s=avg * (total - state.step), **strategy.memory(), **metrics_sum)
                 self.scalars("train", state.step, {"loss": loss_total, **metrics_sum})
                 if cfg.save_interval and state.step % cfg.save_interval == 0 and state.step < total:
-                    self.save_checkpoint(state, model, optimizer, scheduler, strategy)
+                    self.save_checkpoint(state, strategy, write)
                 if evaluate and cfg.eval_interval and state.step % cfg.eval_interval == 0:
                     self._eval(evaluate, model, state.step)
             if state.micro_in_epoch >= len(order):
@@ -249,7 +260,7 @@ class Run:
                 if evaluate and not cfg.eval_interval and state.step < total:
                     self._eval(evaluate, model, state.step)
         if self.stop_requested and state.step < total:
-            self.save_checkpoint(state, model, optimizer, scheduler, strategy)
+            self.save_checkpoint(state, strategy, write)
             self.emit("done", status="cancelled", step=state.step, total_steps=total,
                       resume=f"coati-tui train {cfg.stage} --resume {self.dir}")
             return

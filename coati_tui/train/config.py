@@ -21,15 +21,15 @@ import tomli_w
 from coati_tui import presets
 from coati_tui.presets import Preset
 
-STAGES = ("sft", "rm")
+STAGES = ("sft", "rm", "ppo")
 RM_LOSSES = ("log_sig", "log_exp")
 
 
 @dataclass
 class RunConfig:
     stage: str
-    model: str  # resolved model folder
-    data: str
+    model: str  # resolved model folder (PPO: the actor's start, an SFT output)
+    data: str  # SFT conversations, preference pairs, or PPO prompts
     preset: Preset = field(default_factory=Preset)
     eval_data: str = ""  # a separate held-out file; else eval_split of data
     eval_split: float = 0.05  # share of data held out for eval events
@@ -42,12 +42,17 @@ class RunConfig:
     template: str = ""  # named fallback chat template; "" = the tokenizer's own
     loss: str = "log_sig"  # reward model loss
     tensorboard: bool = False
+    reward: str = ""  # PPO: the reward model (an RM run's output)
+    ptx_data: str = ""  # PPO: SFT data for the PTX loss; "" = no PTX loss
+    task: str = ""  # PPO: a built-in task whose true score eval reports ("demo")
 
     def validate(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, not {self.stage!r}")
         if self.loss not in RM_LOSSES:
             raise ValueError(f"--loss must be one of {RM_LOSSES}, not {self.loss!r}")
+        if self.stage == "ppo" and not self.reward:
+            raise ValueError("PPO needs --reward (a reward model or an RM run folder)")
         if not 0 <= self.eval_split < 1:
             raise ValueError(f"--eval-split must be in [0, 1), not {self.eval_split}")
 
@@ -80,7 +85,7 @@ class RunConfig:
 
 
 def build(stage: str, model: str, data: str, preset_name: str | None = None, overrides: dict | None = None,
-          eval_data: str = "", **settings) -> RunConfig:
+          eval_data: str = "", reward: str = "", ptx_data: str = "", **settings) -> RunConfig:
     """A validated RunConfig from what a user chose. No preset: the planner's pick for this machine.
     Raises ModelError / PresetError / ValueError with a message fit to show."""
     from coati_tui import hardware, modelinfo, planner
@@ -91,8 +96,13 @@ def build(stage: str, model: str, data: str, preset_name: str | None = None, ove
         result = planner.plan(arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()), (stage,))
         preset_name = result.recommended_by_stage.get(stage) or "lora_naive"
     preset = presets.load(preset_name).with_overrides(overrides or {}, "overrides")
-    cfg = RunConfig(stage=stage, model=str(folder.absolute()), data=str(Path(data).expanduser().absolute()),
-                    preset=preset, eval_data=str(Path(eval_data).expanduser().absolute()) if eval_data else "",
-                    **settings)
+    if reward:
+        reward = str(modelinfo.resolve_model(reward).absolute())
+    cfg = RunConfig(stage=stage, model=str(folder.absolute()), data=_abs(data), preset=preset,
+                    eval_data=_abs(eval_data), reward=reward, ptx_data=_abs(ptx_data), **settings)
     cfg.validate()
     return cfg
+
+
+def _abs(path: str) -> str:
+    return str(Path(path).expanduser().absolute()) if path else ""

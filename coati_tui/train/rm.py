@@ -83,9 +83,16 @@ def main(run_dir: str | Path) -> None:
                     "loss": float(-F.logsigmoid(c - r).mean()), "pairs": len(held)}
 
         def save_final(model, folder: Path, weights: Path | None):
+            extra = None
             if hasattr(model, "merge_and_unload") and not preset.quant.bits:
+                # the adapter too: PPO puts it on the actor's base when both come from the same model
+                adapter = folder.with_name(folder.name + ".adapter")
+                model.save_pretrained(adapter)
+
+                def extra(tmp: Path) -> None:
+                    adapter.rename(tmp / "adapter")
                 model = model.merge_and_unload()
-            _save_final(model, tokenizer, folder, end_id, stage="rm", base=cfg.model, weights=weights)
+            _save_final(model, tokenizer, folder, end_id, stage="rm", base=cfg.model, weights=weights, extra=extra)
 
         run.loop(model=prepared.model, strategy=strategy, train_set=train_set, collate=collate,
                  loss_fn=loss_fn, evaluate=evaluate if held else None,

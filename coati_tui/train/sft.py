@@ -106,7 +106,7 @@ def _label_only_loss(model, batch):
 
 
 def _save_final(model, tokenizer, folder: Path, end_id: int, stage: str, base: str,
-                weights: Path | None = None) -> None:
+                weights: Path | None = None, extra=None, info: dict | None = None) -> None:
     """Standard form: a PEFT adapter (LoRA) or a full model, with tokenizer and a generation config that
     stops on the template's end token. Written to a temp folder, then renamed. ``weights``: safetensors
     shards a sharded strategy already gathered (then only the config is written beside them)."""
@@ -130,6 +130,8 @@ def _save_final(model, tokenizer, folder: Path, end_id: int, stage: str, base: s
     gen.eos_token_id = sorted({e for e in eos if e is not None} | {end_id})
     gen.pad_token_id = tokenizer.pad_token_id
     gen.save_pretrained(tmp)
-    (tmp / "coati.json").write_text(json.dumps({"stage": stage, "base": base, "end_token_id": end_id}))
+    (tmp / "coati.json").write_text(json.dumps({"stage": stage, "base": base, "end_token_id": end_id, **(info or {})}))
+    if extra:
+        extra(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

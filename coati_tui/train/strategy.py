@@ -49,8 +49,9 @@ def torch_dtype(name: str):
 
 
 def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | None = None,
-               pad_token_id: int | None = None) -> Prepared:
-    """Load ``model_dir`` for ``stage`` ("sft" = causal LM, "rm" = one-label classifier) as ``preset`` says."""
+               pad_token_id: int | None = None, adapters: bool = True) -> Prepared:
+    """Load ``model_dir`` for ``stage`` ("sft" = causal LM, "rm" = one-label classifier) as ``preset`` says.
+    ``adapters=False``: the (frozen, possibly quantized) base only; the caller adds its own adapters."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -99,7 +100,9 @@ def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | 
     if preset.train.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if not preset.full_finetune:
+    if not adapters:
+        model.requires_grad_(False)
+    elif not preset.full_finetune:
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(
@@ -116,6 +119,22 @@ def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | 
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Prepared(model, device, precision, trainable, total)
+
+
+def linear_targets(model, targets: str | list) -> list[str]:
+    """LoRA target names. "all-linear" is resolved to the decoder's linear layers by name (peft's own
+    resolution breaks when a second adapter is added to a model in peft 0.13)."""
+    import torch
+
+    if targets != "all-linear":
+        return list(targets)
+    skip = {"lm_head", "score", "classifier", "v_head"}
+    out = getattr(model, "get_output_embeddings", lambda: None)()
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not out and name.split(".")[-1] not in skip:
+            names.add(name.split(".")[-1])
+    return sorted(names)
 
 
 def _transformers_major() -> int:
