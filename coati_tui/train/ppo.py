@@ -68,7 +68,7 @@ def shared_reward_adapter(reward_dir: str | Path, actor_model: str | Path) -> Pa
 class Lean:
     """The memory-lean set of models (see the module docstring)."""
 
-    def __init__(self, base, preset, reward_dir: str, actor_model: str, device: str, tokenizer, run: Run):
+    def __init__(self, base, preset, reward_dir: str, actor_model: str, device: str, tokenizer, info=print):
         import torch
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -102,13 +102,13 @@ class Lean:
                 set_peft_model_state_dict(self.model, lora, adapter_name=name)
             self.value_head.load_state_dict(self.reward_head.state_dict() if "bias" in head else
                                             {"weight": head["weight"].float(), "bias": torch.zeros(1)})
-            run.info(f"reward model: adapter {adapter} on the actor's base (shared weights); critic starts from it")
+            info(f"reward model: adapter {adapter} on the actor's base (shared weights); critic starts from it")
         else:
             self.model.add_adapter("critic", actor_cfg)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
             self.separate_rm = SeparateReward(reward_dir, preset, device, tokenizer)
-            run.info(f"reward model: {reward_dir} as a separate model"
+            info(f"reward model: {reward_dir} as a separate model"
                      + (" (kept in CPU RAM between rollouts)" if self.separate_rm.offload else ""))
         for n, p in self.model.named_parameters():  # adapters train in fp32 whatever the base dtype
             if "lora_" in n and p.dtype != torch.float32:
@@ -253,7 +253,7 @@ def main(run_dir: str | Path) -> None:
         device = strat.pick_device()
         prepared = strat.load_naive(cfg.model, preset, "sft", device, pad_token_id=pad_id, adapters=False)
         strategy = strat.Naive(device, prepared.dtype_name)
-        models = Lean(prepared.model, preset, cfg.reward, cfg.model, device, tokenizer, run)
+        models = Lean(prepared.model, preset, cfg.reward, cfg.model, device, tokenizer, run.info)
         actor_params, critic_params = models.params("actor"), models.params("critic")
         actor_opt = torch.optim.AdamW(actor_params, lr=preset.train.lr, weight_decay=preset.train.weight_decay)
         critic_opt = torch.optim.AdamW(critic_params, lr=pp.critic_lr, weight_decay=preset.train.weight_decay)
@@ -491,8 +491,8 @@ def _update(models: Lean, exp: dict, pp, preset, actor_opt, critic_opt, actor_pa
             torch.nn.utils.clip_grad_norm_(critic_params, 1.0)
             critic_opt.step()
             critic_opt.zero_grad(set_to_none=True)
-            _acc(sums, {"policy_loss": float(pl), "value_loss": float(vl), "entropy": float(ent),
-                        **({"ptx_loss": float(ptx_loss)} if ptx_loss is not None else {}), **st})
+            _acc(sums, {"policy_loss": float(pl.detach()), "value_loss": float(vl.detach()), "entropy": float(ent.detach()),
+                        **({"ptx_loss": float(ptx_loss.detach())} if ptx_loss is not None else {}), **st})
     done = max(1, n_mb - skipped)
     out = {k: v if k == "max_ratio" else v / done for k, v in sums.items()}
     out.setdefault("policy_loss", float("nan"))
