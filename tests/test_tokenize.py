@@ -58,4 +58,6 @@ def test_pairs_keep_their_end_when_truncated(tok):
     pair = Pair([{"role": "user", "content": "问题" * 40}], [{"role": "assistant", "content": "好答案"}],
                 [{"role": "assistant", "content": "坏"}])
     (c, r), = prepare_pairs(tok, [pair], 16)[0]
-    assert len(c) == 16 and tok.decode(c).endswith("好答案<|end|>\n")
+    assert len(c) == 16 and tok.decode(c).endswith("好答案<|end|>")
+    # the score is read at the end token itself, as PPO reads it on a generated answer
+    assert c[-1] == r[-1] == tok.convert_tokens_to_ids("<|end|>")

@@ -457,10 +457,12 @@ def _update(models: Lean, exp: dict, pp, preset, actor_opt, critic_opt, actor_pa
         for i in range(0, B, mb_size):
             idx = perm[i: i + mb_size].to(device)
             ids, mask, resp, rmask = exp["ids"][idx], exp["mask"][idx], exp["resp"][idx], exp["rmask"][idx]
-            logits = models.logits("actor", ids, mask, start, T)
-            logp = M.gather_logprobs(logits, resp)
+            logp_all = torch.log_softmax(models.logits("actor", ids, mask, start, T), -1)  # one vocab-wide copy
+            logp = logp_all.gather(-1, resp.unsqueeze(-1)).squeeze(-1)
             pl, st = M.policy_loss(logp, exp["logp"][idx], exp["adv"][idx], rmask, pp.clip_eps)
-            ent = M.masked_mean(M.entropy(logits), rmask)
+            with torch.set_grad_enabled(pp.entropy_coef > 0):  # reported always, in the graph only when weighted
+                ent = M.masked_mean(-(logp_all.exp() * logp_all).sum(-1), rmask)
+            del logp_all
             n_mb += 1
             if not math.isfinite(st["max_ratio"]) or st["max_ratio"] > pp.ratio_limit:
                 skipped += 1  # a ratio explosion: this mini-batch would wreck the policy
