@@ -292,6 +292,7 @@ def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="data and model folder (default: ~/coati-tui/demo)"),
     ppo_steps: int = typer.Option(0, "--ppo-steps", min=0, help="PPO steps (default: the demo's 40)"),
     seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="keep finished stages, resume a cancelled one"),
     as_json: bool = typer.Option(False, "--json", help="print the event streams (JSON lines)"),
 ) -> None:
     """The whole loop on a CPU in minutes: a tiny model and a synthetic bilingual task, SFT -> RM -> PPO.
@@ -308,11 +309,13 @@ def demo(
     from coati_tui.train import config
 
     root = out or paths.home() / "demo"
-    files = task.write_task(root / "data", seed)
     console = _console()
-    console.print(f"[bold]coati-tui demo[/]: data in {root / 'data'}")
-    model = build_tiny_model(root / "model", corpus=task.corpus() + CORPUS, vocab_size=512, hidden=64, layers=2,
-                             seed=seed)
+    model = root / "model"
+    if not (resume and (model / "config.json").is_file()):
+        task.write_task(root / "data", seed)
+        build_tiny_model(model, corpus=task.corpus() + CORPUS, vocab_size=512, hidden=64, layers=2, seed=seed)
+    files = {name: root / "data" / f"{name}.jsonl" for name in ("sft", "prefs", "prompts", "test_prompts")}
+    console.print(f"[bold]coati-tui demo[/]: data in {root / 'data'}, model in {model}")
     inputs = {"sft": (str(model), files["sft"]), "rm": (None, files["prefs"]), "ppo": (None, files["prompts"])}
     results: dict[str, list[dict]] = {}
     for stage in ("sft", "rm", "ppo"):
@@ -321,20 +324,27 @@ def demo(
         if stage == "ppo" and ppo_steps:
             settings["max_steps"] = ppo_steps
         run_dir = paths.runs_dir() / f"demo-{stage}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        start = inputs[stage][0] or str(paths.runs_dir() / "demo-sft")
-        extra = {}
-        if stage == "ppo":
-            extra = {"reward": str(paths.runs_dir() / "demo-rm"), "ptx_data": str(files["sft"]),
-                     "eval_data": str(files["test_prompts"])}
-        cfg = config.build(stage, start, str(inputs[stage][1]), "lora_naive", spec["overrides"], seed=seed,
-                           **extra, **settings)
-        runs.prepare(cfg, run_dir)
+        state = runs.status(run_dir)["status"] if (run_dir / "config.toml").is_file() else None
+        if resume and state == "completed":
+            results[stage] = events.read(run_dir / "events.jsonl")
+            console.print(f"[bold]{stage}[/]: done earlier ({run_dir})")
+            continue
+        if not (resume and state):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            start = inputs[stage][0] or str(paths.runs_dir() / "demo-sft")
+            extra = {}
+            if stage == "ppo":
+                extra = {"reward": str(paths.runs_dir() / "demo-rm"), "ptx_data": str(files["sft"]),
+                         "eval_data": str(files["test_prompts"])}
+            cfg = config.build(stage, start, str(inputs[stage][1]), "lora_naive", spec["overrides"], seed=seed,
+                               **extra, **settings)
+            runs.prepare(cfg, run_dir)
         console.print(f"\n[bold]{stage}[/] · replay: coati-tui train {stage} --resume {run_dir}")
         code = _watch(run_dir, runs.Launch(), as_json)
-        if code:
-            raise typer.Exit(code)
         results[stage] = events.read(run_dir / "events.jsonl")
+        if code or runs.status(run_dir)["status"] != "completed":  # a failure, or cancelled: stop here
+            console.print(f"stopped at {stage}; continue with: coati-tui demo --resume")
+            raise typer.Exit(code)
     raise typer.Exit(_demo_report(results, console))
 
 

@@ -75,6 +75,26 @@ def launch(run_dir: Path, launch: Launch | None = None, stderr=None, detached: b
                             start_new_session=detached)
 
 
+def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    """Start a coati-tui command (e.g. the demo) detached from the app: its own session, output to a log.
+    The app follows its run folders' events.jsonl, and SIGINT to the session cancels it cleanly."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"), env=child_env(),
+                            start_new_session=True)
+
+
+def demo_command(resume: bool = False) -> list[str]:
+    return [sys.executable, "-m", "coati_tui", "demo"] + (["--resume"] if resume else [])
+
+
+DEMO_STAGES = ("sft", "rm", "ppo")
+
+
+def demo_runs(root: Path | None = None) -> list[Path]:
+    root = root or paths.runs_dir()
+    return [root / f"demo-{s}" for s in DEMO_STAGES]
+
+
 def alive(run_dir: Path) -> int | None:
     """The pid of the run's trainer while it lives, else None."""
     import psutil

@@ -27,6 +27,8 @@ class HomeScreen(Screen):
         Binding("d", "focus_data", "Data", id="data"),
         Binding("s", "train('sft')", "Train SFT", id="train_sft"),
         Binding("w", "train('rm')", "Train RM", id="train_rm"),
+        Binding("p", "train('ppo')", "Train PPO", id="train_ppo"),
+        Binding("g", "demo", "Demo", id="demo"),
         Binding("u", "runs", "Runs", id="runs"),
     ]
 
@@ -45,7 +47,9 @@ class HomeScreen(Screen):
                             placeholder="model folder, run folder or cached hub id (empty: the demo)")
                 yield Static(id="model-info")
                 yield Input(id="data-input", compact=True,
-                            placeholder="data file for the stage (.jsonl .json .csv .parquet or a datasets folder)")
+                            placeholder="data for the stage: SFT chats, preference pairs or PPO prompts (.jsonl .json .csv .parquet)")
+                yield Input(id="reward-input", compact=True,
+                            placeholder="PPO only: the reward model (an RM run folder)")
             yield PlanTable(id="plan")
             yield Static(id="detail")
         yield Footer()
@@ -78,23 +82,56 @@ class HomeScreen(Screen):
     def action_train(self, stage: str) -> None:
         table = self.query_one("#plan", PlanTable)
         data = self.query_one("#data-input", Input).value.strip()
+        reward = self.query_one("#reward-input", Input).value.strip()
         if self.model == DEMO:
-            self.notify("Choose a model folder first (m).", severity="warning")
+            self.notify("No model chosen: press g to run the demo (SFT -> RM -> PPO on a tiny model), "
+                        "or choose a model folder (m).", severity="warning")
             return
         if not data or not table.plan or table.row_count == 0:
             self.notify("Choose the data file first (d).", severity="warning")
             self.action_focus_data()
             return
+        if stage == "ppo" and not reward:
+            self.notify("PPO needs a reward model: an RM run folder.", severity="warning")
+            self.query_one("#reward-input", Input).focus()
+            return
         preset = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        self._start(stage, self.model, data, preset)
+        self._start(stage, self.model, data, preset, reward if stage == "ppo" else "")
+
+    def action_demo(self) -> None:
+        """The built-in demo: three real runs (demo-sft, demo-rm, demo-ppo) driven by `coati-tui demo`;
+        a demo still running is re-attached, not restarted."""
+        import shutil
+
+        from coati_tui import runs
+        from coati_tui.screens.train import TrainScreen
+
+        live = [p for p in runs.demo_runs() if runs.alive(p)]
+        if not live:
+            for p in runs.demo_runs():
+                shutil.rmtree(p, ignore_errors=True)
+        gpu, ram = self._totals()
+        self.app.push_screen(TrainScreen(live[0] if live else None, start=not live, gpu_total=gpu, ram_total=ram,
+                                         demo=True))
+
+    def prefill(self, model: str, reward: str = "", hint: str = "") -> None:
+        """Set up the next stage from an earlier run's output (the Runs screen's "next stage")."""
+        self.query_one("#model-input", Input).value = model
+        self.query_one("#reward-input", Input).value = reward
+        self.query_one("#data-input", Input).value = ""
+        self.model = model
+        self._plan()
+        self.query_one("#data-input", Input).focus()
+        if hint:
+            self.notify(hint, title="Next stage", timeout=10)
 
     @work(thread=True, exclusive=True, group="start")
-    def _start(self, stage: str, model: str, data: str, preset: str) -> None:
+    def _start(self, stage: str, model: str, data: str, preset: str, reward: str = "") -> None:
         from coati_tui import runs
         from coati_tui.train import config
 
         try:
-            cfg = config.build(stage, model, data, preset)
+            cfg = config.build(stage, model, data, preset, reward=reward)
             why = runs.blocked(cfg.preset)
             if why:
                 raise ValueError(why)
@@ -104,11 +141,15 @@ class HomeScreen(Screen):
             return
         self.app.call_from_thread(self._open_run, run_dir)
 
+    def _totals(self) -> tuple[int, int]:
+        gpu = self.profile.gpus[0].total_bytes if self.profile and self.profile.gpus else 0
+        ram = self.profile.cpu.ram_total_bytes if self.profile else 0
+        return gpu, ram
+
     def _open_run(self, run_dir) -> None:
         from coati_tui.screens.train import TrainScreen
 
-        gpu = self.profile.gpus[0].total_bytes if self.profile and self.profile.gpus else 0
-        ram = self.profile.cpu.ram_total_bytes if self.profile else 0
+        gpu, ram = self._totals()
         self.app.push_screen(TrainScreen(run_dir, start=True, gpu_total=gpu, ram_total=ram))
 
     @on(Input.Submitted, "#data-input")
@@ -183,7 +224,16 @@ class HomeScreen(Screen):
                     items = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in parts.items() if v)
                     if items:
                         text.append(f"     {side}: {items}\n", style="dim")
-        model = "MODEL" if self.model == DEMO else shlex.quote(self.model)
         text.append("Headless: ", style="bold")
-        text.append(f"coati-tui train sft --model {model} --data DATA --preset {name}", style="cyan")
+        if self.model == DEMO:
+            text.append("coati-tui demo", style="cyan")
+            text.append("  (g runs it here: SFT -> RM -> PPO on the tiny model, about 2 minutes on a CPU)")
+        else:
+            model = shlex.quote(self.model)
+            data = shlex.quote(self.query_one("#data-input", Input).value.strip() or "DATA")
+            reward = self.query_one("#reward-input", Input).value.strip()
+            text.append(f"coati-tui train sft --model {model} --data {data} --preset {name}", style="cyan")
+            if reward:
+                text.append(f"\n          coati-tui train ppo --model {model} --reward {shlex.quote(reward)} "
+                            f"--prompts {data} --preset {name}", style="cyan")
         self.query_one("#detail", Static).update(text)

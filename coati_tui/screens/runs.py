@@ -1,4 +1,5 @@
-"""Runs: every run folder, newest first; Enter opens one (live runs re-attach, past ones redraw)."""
+"""Runs: every run folder, newest first; Enter opens one (live runs re-attach, past ones redraw);
+n pre-fills the next stage from the highlighted run's output (SFT -> RM -> PPO)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ STYLE = {"completed": "green", "running": "cyan", "cancelled": "yellow", "failed
 
 class RunsScreen(Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="back"),
+                Binding("n", "next_stage", "Next stage", id="next_stage"),
                 Binding("f5", "reload", "Reload", id="reload")]
 
     def compose(self) -> ComposeResult:
@@ -41,3 +43,32 @@ class RunsScreen(Screen):
         from coati_tui.screens.train import TrainScreen
 
         self.app.push_screen(TrainScreen(Path(event.row_key.value)))
+
+    def action_next_stage(self) -> None:
+        import json
+
+        from coati_tui.screens.home import HomeScreen
+
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            self.notify("No runs yet.", severity="warning")
+            return
+        run = Path(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        info = runs.status(run)
+        if not info["final"]:
+            self.notify(f"{run.name} has no final model yet (status: {info['status']}).", severity="warning")
+            return
+        final = run / "final"
+        if info["stage"] == "ppo":
+            self.notify(f"The PPO model is ready: {final}. It loads like any model folder; the chat and "
+                        "ranking panes are not built yet.", timeout=10)
+            return
+        while not isinstance(self.app.screen, HomeScreen):
+            self.app.pop_screen()
+        home = self.app.screen
+        if info["stage"] == "sft":
+            home.prefill(str(run), hint="Reward model next: choose preference pairs (d), pick a preset, press w.")
+        else:
+            base = json.loads((final / "coati.json").read_text()).get("base", "") if (final / "coati.json").is_file() else ""
+            home.prefill(base, str(run), hint="PPO next: the SFT model and this reward model are set; choose "
+                                              "prompts (d), pick a preset, press p.")

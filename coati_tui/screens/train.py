@@ -1,4 +1,6 @@
 """Train: one run, live or past. Loss plot, memory, throughput, progress and ETA, log tail; cancel, resume.
+PPO runs plot the mean reward and add a health panel (reward, KL, ratio, clipping, PTX and value loss)
+and their samples. The demo (``demo=True``) follows its three runs, SFT -> RM -> PPO, one after another.
 
 The screen never reads the child's pipes: it tails the run's events.jsonl (the same lines the CLI
 prints), so a live run, a finished one and a run re-attached after the app restarted look the same.
@@ -38,9 +40,15 @@ class TrainScreen(Screen):
         Binding("escape", "app.pop_screen", "Back", id="back"),
     ]
 
-    def __init__(self, run_dir: Path, start: bool = False, gpu_total: int = 0, ram_total: int = 0) -> None:
+    def __init__(self, run_dir: Path | None = None, start: bool = False, gpu_total: int = 0, ram_total: int = 0,
+                 demo: bool = False) -> None:
         super().__init__()
+        self.demo = demo
+        self.chain = runs.demo_runs() if demo else [Path(run_dir)]
+        if demo and run_dir is None:  # the first stage not yet completed
+            run_dir = next((p for p in self.chain if runs.status(p)["status"] != "completed"), self.chain[-1])
         self.run_dir = Path(run_dir)
+        self.stage = None
         self.start_now = start
         self.gpu_total, self.ram_total = gpu_total, ram_total
         self.tail = runs.Tail(self.run_dir)
@@ -71,8 +79,13 @@ class TrainScreen(Screen):
         self.set_interval(0.1, self.drain)
 
     # ---- child -------------------------------------------------------------------------------
-    def _launch(self) -> None:
-        self.proc = runs.launch(self.run_dir, detached=True)
+    def _launch(self, resume: bool = False) -> None:
+        if self.demo:
+            from coati_tui import paths
+
+            self.proc = runs.spawn(runs.demo_command(resume=resume), paths.home() / "demo" / "demo.log")
+        else:
+            self.proc = runs.launch(self.run_dir, detached=True)
         self.status = "running"
         self.query_one("#problem", Static).update("")
 
@@ -81,7 +94,10 @@ class TrainScreen(Screen):
         if pid is None:
             self.notify("No trainer is running for this run.", severity="warning")
             return
-        os.kill(pid, signal.SIGINT)
+        if self.demo and self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)  # the demo and its trainer: the trainer checkpoints, the demo stops
+        else:
+            os.kill(pid, signal.SIGINT)
         self.notify("Cancelling: the trainer finishes its step and writes a checkpoint.")
 
     def action_resume(self) -> None:
@@ -99,11 +115,14 @@ class TrainScreen(Screen):
                 self.proc.wait(timeout=30)
             except Exception:
                 pass
-        self.app.call_from_thread(self._launch)
+        self.app.call_from_thread(self._launch, True)
         self.app.call_from_thread(self.notify, "Resuming from the last checkpoint.")
 
     def action_log_scale(self) -> None:
         plot = self.query_one(LossPlot)
+        if self.stage == "ppo":
+            self.notify("The reward can be negative: no log scale for it.", severity="warning")
+            return
         plot.log_scale = not plot.log_scale
         plot.redraw()
 
@@ -123,6 +142,9 @@ class TrainScreen(Screen):
             kind = ev["type"]
             if kind == "start":
                 self.total = ev["total_steps"]
+                if ev["stage"] != self.stage:
+                    self.stage = ev["stage"]
+                    plot.reset("reward (mean per rollout)" if self.stage == "ppo" else "loss")
                 self.query_one(ProgressBar).update(total=self.total, progress=ev.get("resumed_from", 0))
                 self.query_one("#run-title", Static).update(Text.assemble(
                     (f"{ev['stage'].upper()} ", "bold"), f"{ev['strategy']} · {ev['device']} · {ev['precision']} · ",
@@ -131,14 +153,19 @@ class TrainScreen(Screen):
                     keep = [i for i, s in enumerate(plot.steps) if s <= ev["resumed_from"]]
                     plot.steps, plot.values = plot.steps[: len(keep)], plot.values[: len(keep)]
             elif kind == "step":
-                plot.add(ev["step"], ev["loss"])
+                plot.add(ev["step"], ev["reward_mean"] if "reward_mean" in ev else ev["loss"])
                 last_step = ev
+            elif kind == "sample":
+                log.write(Text.assemble((f"sample @{ev['step']} ", "bold"), f"{ev['prompt']} → ", (ev["response"], "cyan"),
+                                        f"  (reward {ev.get('reward', float('nan')):+.3f})"))
             elif kind == "eval":
                 log.write(f"eval @ {ev['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items()))
             elif kind == "checkpoint":
                 log.write(f"checkpoint {ev['path']}")
             elif kind == "log":
                 log.write(ev["message"])
+            elif kind == "done" and self._next_stage(ev):
+                return self.drain()  # the demo goes on with its next run
             elif kind == "done":
                 self.status = ev["status"]
                 msg = f"{ev['status']} at step {ev['step']}" + (
@@ -151,11 +178,17 @@ class TrainScreen(Screen):
             self.status = "running" if self.status == "waiting" else self.status
             self.query_one(ProgressBar).update(progress=last_step["step"])
             self.query_one(MemoryPanel).show(last_step)
-            self.query_one("#speed", Static).update(
-                f"{last_step['tokens_per_s']:,.0f} tok/s · {last_step['samples_per_s']:.1f} samples/s\n"
-                f"step {last_step['step']}/{last_step['total_steps']} · loss {last_step['loss']:.4f}\n"
-                f"lr {last_step['lr']:.2e} · ETA {last_step['eta_s']:.0f} s · RSS {fmt_bytes(last_step['cpu_rss'])}")
+            self.query_one("#speed", Static).update(_speed(last_step))
         plot.redraw()
+
+    def _next_stage(self, ev: dict) -> bool:
+        """The demo: when a run completes, follow the next one (the demo process starts it)."""
+        if not self.demo or ev["status"] != "completed" or self.run_dir == self.chain[-1]:
+            return False
+        self.query_one(RichLog).write(Text(f"{self.stage} completed: {ev.get('final')}", style="green"))
+        self.run_dir = self.chain[self.chain.index(self.run_dir) + 1]
+        self.tail = runs.Tail(self.run_dir)
+        return True
 
     def _problem(self, kind: str, message: str, tail: list[str]) -> None:
         text = Text.assemble((f"{kind.replace('_', ' ')}: ", "bold red"), message)
@@ -164,3 +197,26 @@ class TrainScreen(Screen):
         for line in tail[-6:]:
             text.append("\n  " + line, style="dim")
         self.query_one("#problem", Static).update(text)
+
+
+def _speed(ev: dict) -> Text:
+    """Throughput and progress; for PPO, its health: reward, KL, ratio, clipping, the losses."""
+    text = Text(f"{ev['tokens_per_s']:,.0f} tok/s · {ev['samples_per_s']:.1f} samples/s\n"
+                f"step {ev['step']}/{ev['total_steps']} · ETA {ev['eta_s']:.0f} s · RSS {fmt_bytes(ev['cpu_rss'])}\n")
+    if "reward_mean" not in ev:
+        text.append(f"loss {ev['loss']:.4f} · lr {ev['lr']:.2e}")
+        return text
+    ratio_style = "red" if ev.get("skipped_updates") else ("yellow" if ev.get("max_ratio", 1) > 2 else "")
+    text.append("reward ", style="bold")
+    text.append(f"{ev['reward_mean']:+.3f} ± {ev.get('reward_std', 0):.2f}  ")
+    text.append("KL ", style="bold")
+    text.append(f"{ev['kl']:.3f} (k3 {ev.get('kl_k3', 0):.3f})\n")
+    text.append("ratio ", style="bold")
+    text.append(f"max {ev.get('max_ratio', 1):.2f} · clip {ev.get('clip_frac', 0):.0%} · skipped "
+                f"{ev.get('skipped_updates', 0)}\n", style=ratio_style)
+    text.append("loss ", style="bold")
+    text.append(f"policy {ev.get('policy_loss', 0):+.4f} · value {ev.get('value_loss', 0):.4f}"
+                + (f" · PTX {ev['ptx_loss']:.3f}" if "ptx_loss" in ev else "")
+                + f"\nentropy {ev.get('entropy', 0):.3f} · answer {ev.get('response_len', 0):.1f} tok · "
+                f"rollout {ev.get('rollout_tokens_per_s', 0):,.0f} tok/s")
+    return text

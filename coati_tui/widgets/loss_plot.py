@@ -18,6 +18,12 @@ class LossPlot(PlotextPlot):
         self.steps: list[int] = []
         self.values: list[float] = []
         self.log_scale = False
+        self.ylabel = title
+
+    def reset(self, title: str) -> None:
+        self.steps, self.values = [], []
+        self.border_title = self.ylabel = title
+        self.log_scale = False
 
     def add(self, step: int, value: float) -> None:
         self.steps.append(step)
@@ -43,5 +49,5 @@ class LossPlot(PlotextPlot):
             plt.plot(self.steps, ys, label="raw", marker="braille")
             plt.plot(self.steps, smooth, label="smoothed", marker="braille")
             plt.xlabel("step")
-            plt.ylabel("log10 loss" if self.log_scale else "loss")
+            plt.ylabel(f"log10 {self.ylabel}" if self.log_scale else self.ylabel)
         self.refresh()

@@ -1,4 +1,5 @@
-"""Memory while training: GPU allocated / reserved / peak against the card, CPU RSS against RAM."""
+"""Memory while training: GPU allocated / peak against the card, CPU RSS / peak against RAM, and a
+sparkline of each over the run."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class MemoryPanel(Static):
         self.border_title = "Memory"
         self.gpu_total, self.ram_total = gpu_total, ram_total
         self.cpu_peak = 0
+        self.history: dict[str, list[int]] = {"GPU": [], "RSS": []}
 
     def show(self, step: dict) -> None:
         t = Table.grid(padding=(0, 1))
@@ -25,8 +27,21 @@ class MemoryPanel(Static):
         t.add_column()
         if "gpu_allocated" in step and self.gpu_total:
             t.add_row("GPU", bar(step["gpu_allocated"], self.gpu_total))
-            t.add_row("", bar(step.get("gpu_peak", 0), self.gpu_total).append("  peak"))
+            t.add_row("peak", bar(step.get("gpu_peak", 0), self.gpu_total))
+            self.history["GPU"].append(step["gpu_allocated"])
+            t.add_row("", sparkline(self.history["GPU"]))
         self.cpu_peak = max(self.cpu_peak, step["cpu_rss"])
         t.add_row("RSS", bar(step["cpu_rss"], self.ram_total or step["cpu_rss"]))
-        t.add_row("", bar(self.cpu_peak, self.ram_total or self.cpu_peak).append("  peak"))
+        t.add_row("peak", bar(self.cpu_peak, self.ram_total or self.cpu_peak))
+        self.history["RSS"].append(step["cpu_rss"])
+        t.add_row("", sparkline(self.history["RSS"]))
         self.update(t)
+
+
+def sparkline(values: list[int], width: int = 30) -> str:
+    """The last ``width`` values as block characters, scaled between their min and max."""
+    blocks = "▁▂▃▄▅▆▇█"
+    tail = values[-width:]
+    lo, hi = min(tail), max(tail)
+    span = (hi - lo) or 1
+    return "".join(blocks[min(7, int((v - lo) / span * 8))] for v in tail)
