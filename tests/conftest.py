@@ -37,3 +37,18 @@ def tiny_reward_model(tmp_path_factory) -> Path:
     from coati_tui.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "reward", "reward")
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> Path:
+    """A COATI_TUI_HOME where `coati-tui demo --ppo-steps 20` ran (a real child, once per session)."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("demo-home")
+    proc = subprocess.run([sys.executable, "-m", "coati_tui", "demo", "--ppo-steps", "20"], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "COATI_TUI_HOME": str(home)})
+    (home / "demo-stdout.txt").write_text(proc.stdout, encoding="utf-8")
+    (home / "demo-stderr.txt").write_text(proc.stderr, encoding="utf-8")
+    (home / "demo-rc.txt").write_text(str(proc.returncode))
+    return home

@@ -8,7 +8,7 @@ import sys
 import pytest
 from sample_data import sft_records, write_jsonl
 
-from coati_tui import events, paths
+from coati_tui import events
 
 PPO_SMALL = ["--lora-rank", "4", "--batch-size", "2", "--rollout-batch", "4", "--max-new-tokens", "8",
              "--ppo-epochs", "1", "--max-len", "64", "--no-grad-checkpointing", "--preset", "lora_naive"]
@@ -29,15 +29,14 @@ def prompts(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", recs)
 
 
-def test_demo_runs_the_whole_loop_and_ppo_beats_sft():
+def test_demo_runs_the_whole_loop_and_ppo_beats_sft(demo_home):
     """A shortened `coati-tui demo`: the RM ranks held-out pairs, PPO raises the true score and the reward
     while the KL stays bounded, and the final actor loads as a standard adapter."""
-    proc = cli("demo", "--ppo-steps", "20")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (demo_home / "demo-rc.txt").read_text() == "0", (demo_home / "demo-stderr.txt").read_text()[-3000:]
+    summary = json.loads((demo_home / "demo-stdout.txt").read_text().strip().splitlines()[-1])
     assert summary["rm_accuracy"] >= 0.9
     assert summary["true_score_ppo"] > summary["true_score_sft"], summary
-    runs = paths.runs_dir()
+    runs = demo_home / "runs"
     evs = events.read(runs / "demo-ppo" / "events.jsonl")
     start, = of(evs, "start")
     assert start["shared_reward"] and start["layout"] == "lean"  # the RM rode on the actor's base
