@@ -6,7 +6,8 @@ processes, and everything the screens show (profile, plan, presets) is computed 
 
 from __future__ import annotations
 
-from textual.app import App
+from textual.app import App, SystemCommand
+from textual.binding import Binding
 
 from coati_tui import __version__
 from coati_tui.screens.home import HomeScreen
@@ -26,8 +27,20 @@ class CoatiApp(App):
         self.push_screen(HomeScreen(self.model))
 
     def action_help(self) -> None:
-        self.notify("m: choose a model · arrows: pick a preset · b: memory breakdown · r: re-profile · "
-                    "ctrl+p: every command · q: quit", title="Keys", timeout=8)
+        from coati_tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def get_system_commands(self, screen):
+        """The palette (ctrl+p) reaches every action of the screen in view, by its footer name."""
+        yield from super().get_system_commands(screen)
+        for b in getattr(screen, "BINDINGS", []):
+            b = b if isinstance(b, Binding) else Binding(*b)
+            if b.description and not b.action.startswith("app."):
+                yield SystemCommand(b.description, f"{type(screen).__name__.replace('Screen', '')} · key {b.key}",
+                                    lambda s=screen, a=b.action: self.call_later(s.run_action, a))
+        yield SystemCommand("Help", "keys and how the loop works", self.action_help)
 
 
 def run_app(model: str | None = None) -> None:

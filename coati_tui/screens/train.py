@@ -154,6 +154,7 @@ class TrainScreen(Screen):
                     plot.steps, plot.values = plot.steps[: len(keep)], plot.values[: len(keep)]
             elif kind == "step":
                 plot.add(ev["step"], ev["reward_mean"] if "reward_mean" in ev else ev["loss"])
+                self.query_one(MemoryPanel).record(ev)
                 last_step = ev
             elif kind == "sample":
                 log.write(Text.assemble((f"sample @{ev['step']} ", "bold"), f"{ev['prompt']} → ", (ev["response"], "cyan"),

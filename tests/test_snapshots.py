@@ -1,0 +1,114 @@
+"""Snapshots of the main screens at 80x24 and 160x48 (pytest-textual-snapshot; SVGs in __snapshots__/).
+
+The machine is a fixed profile (an RTX 3060 12 GB, 32 GiB RAM) and the runs are fixed files under a fixed
+folder, so a snapshot changes only when the screens do. After a deliberate change of the UI:
+``pytest tests/test_snapshots.py --snapshot-update``, then look at the SVGs before committing them.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from coati_tui import hardware
+from coati_tui.app import CoatiApp
+from coati_tui.screens.runs import RunsScreen
+from coati_tui.screens.train import TrainScreen
+
+FIXED = Path("/tmp/coati-tui-snapshots")
+SIZES = [(80, 24), (160, 48)]
+GIB = 1024 ** 3
+
+
+def fixed_profile() -> hardware.Profile:
+    return hardware.Profile(
+        gpus=[hardware.GPU(0, "NVIDIA GeForce RTX 3060", 12 * GIB, 11 * GIB, "8.6", True, "560.35")],
+        cpu=hardware.CPU(32 * GIB, 28 * GIB, 8, 16), disk_free_bytes=500 * GIB, disk_path="/home/user",
+        stacks={"torch": {"installed": True, "version": "2.13.0", "cuda_build": True},
+                "transformers": {"installed": True, "version": "5.23.0"},
+                "peft": {"installed": True, "version": "0.21.2"},
+                "colossalai": {"installed": False, "version": None},
+                "bitsandbytes": {"installed": True, "version": "0.50.2"},
+                "gptqmodel": {"installed": False, "version": None}})
+
+
+def write_ppo_run(folder: Path) -> Path:
+    """A finished PPO run's files, as the trainer writes them (values are made up but well-formed)."""
+    run = folder / "runs" / "ppo-20261123-140000-demo"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text('stage = "ppo"\n')
+    evs = [{"v": 1, "type": "start", "time": 0, "stage": "ppo", "config": {}, "params": 270144,
+            "trainable_params": 74817, "strategy": "naive", "device": "cpu", "precision": "fp32", "total_steps": 30}]
+    for i in range(1, 31):
+        evs.append({"v": 1, "type": "step", "time": i, "step": i, "total_steps": 30, "epoch": 0, "loss": -0.01,
+                    "lr": 1e-3, "tokens": 250, "tokens_per_s": 600.0, "samples_per_s": 70.0, "eta_s": 30.0 - i,
+                    "cpu_rss": (430 + i) * 1024 ** 2, "reward_mean": -0.2 + 0.1 * i, "reward_std": 1.5, "kl": 0.05 * i,
+                    "kl_k3": 0.04 * i, "policy_loss": -0.01, "value_loss": 0.3, "ptx_loss": 1.1, "entropy": 0.9,
+                    "clip_frac": 0.02, "max_ratio": 1.6, "skipped_updates": 0, "response_len": 8.0,
+                    "rollout_tokens_per_s": 3000.0})
+        if i % 10 == 0:
+            evs.append({"v": 1, "type": "sample", "time": i, "step": i, "prompt": "请列出三种水果。",
+                        "response": "樱桃、甜瓜、桃子。", "reward": 4.7})
+    evs.append({"v": 1, "type": "eval", "time": 31, "step": 30,
+                "metrics": {"reward": 2.78, "kl": 2.82, "true_score": 0.74}})
+    evs.append({"v": 1, "type": "done", "time": 32, "status": "completed", "step": 30, "total_steps": 30,
+                "final": str(run / "final")})
+    (run / "events.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in evs), encoding="utf-8")
+    (run / "final").mkdir()
+    return run
+
+
+@pytest.fixture
+def fixed(monkeypatch):
+    shutil.rmtree(FIXED, ignore_errors=True)
+    FIXED.mkdir(parents=True)
+    monkeypatch.setenv("COATI_TUI_HOME", str(FIXED))
+    monkeypatch.setattr(hardware, "profile", fixed_profile)
+    yield FIXED
+    shutil.rmtree(FIXED, ignore_errors=True)
+
+
+async def _settle(pilot):
+    for _ in range(3):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.05)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_home(snap_compare, fixed, size):
+    assert snap_compare(CoatiApp(), terminal_size=size, run_before=_settle)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help(snap_compare, fixed, size):
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.1)
+
+    assert snap_compare(CoatiApp(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_ppo_train_screen(snap_compare, fixed, size):
+    run = write_ppo_run(fixed)
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        pilot.app.push_screen(TrainScreen(run, ram_total=32 * GIB))
+        await pilot.pause(0.4)
+
+    assert snap_compare(CoatiApp(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_runs_screen(snap_compare, fixed, size):
+    write_ppo_run(fixed)
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        pilot.app.push_screen(RunsScreen())
+        await pilot.pause(0.2)
+
+    assert snap_compare(CoatiApp(), terminal_size=size, run_before=run_before)
