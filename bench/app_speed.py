@@ -28,7 +28,8 @@ from pathlib import Path
 
 FIRST_FRAME = r"""
 import time, sys
-t_import = time.time()
+from coati_tui import hardware
+hardware.profile_early()  # as `coati-tui` does before importing the app
 from coati_tui.app import CoatiApp
 async def pilot_fn(pilot):
     app = pilot.app
@@ -52,6 +53,8 @@ def first_frame(n: int = 5) -> list[float]:
 
 
 def flood(rate: int = 1000, seconds: float = 5.0) -> dict:
+    from textual.events import Key
+
     from coati_tui.app import CoatiApp
     from coati_tui.screens.train import TrainScreen
     from coati_tui.widgets.loss_plot import LossPlot
@@ -102,13 +105,13 @@ def flood(rate: int = 1000, seconds: float = 5.0) -> dict:
                 now = time.perf_counter()
                 if plot.steps and plot.steps[-1] > seen:
                     seen = plot.steps[-1]
-                    done = [s for s in written if s <= seen]
+                    done = [(s, t) for s, t in list(written.items()) if s <= seen]  # the writer adds to it
                     if done:
-                        lags.append(now - written[max(done)])
+                        lags.append(now - max(done)[1])
                 if len(key_times) < 20 and now - t0 > 0.5 * len(key_times) / 4:
                     before = plot.log_scale
                     k0 = time.perf_counter()
-                    await pilot.press("l")
+                    app.post_message(Key("l", "l"))  # as a terminal key press (pilot.press waits for idle)
                     while plot.log_scale == before:
                         await pilot.pause(0.001)
                     key_times.append(time.perf_counter() - k0)
@@ -149,21 +152,19 @@ def training(steps: int = 60) -> dict:
         subprocess.run([sys.executable, "-m", "coati_tui", "train", "sft", *args, "--out", str(head), "--json"],
                        capture_output=True, text=True, check=True, timeout=600)
         out.setdefault("headless", []).append(speed(head))
-        out.setdefault("watched", []).append(speed(_watched(args, tmp / f"watched-{rep}")))
+        out.setdefault("watched", []).append(speed(_watched(str(model), str(data), steps, tmp / f"watched-{rep}")))
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def _watched(args: list[str], run_dir: Path) -> Path:
+def _watched(model: str, data: str, steps: int, run_dir: Path) -> Path:
     from coati_tui import runs
     from coati_tui.app import CoatiApp
     from coati_tui.screens.train import TrainScreen
     from coati_tui.train import config
 
-    opts = dict(zip(args[::2], args[1::2]))
     overrides = {"lora.rank": 0, "train.batch_size": 8, "train.accumulation_steps": 1, "train.max_len": 128,
                  "train.grad_checkpointing": False, "train.max_epochs": 10}
-    cfg = config.build("sft", opts["--model"], opts["--data"], "lora_naive", overrides,
-                       max_steps=int(opts["--max-steps"]), save_interval=0)
+    cfg = config.build("sft", model, data, "lora_naive", overrides, max_steps=steps, save_interval=0)
     runs.prepare(cfg, run_dir)
 
     async def main():

@@ -31,6 +31,9 @@ def _root(ctx: typer.Context,
           model: Optional[str] = typer.Option(None, "--model", help="model folder, run folder or cached hub id")) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    from coati_tui import hardware
+
+    hardware.profile_early()  # overlaps the app's imports and start-up
     from coati_tui.app import run_app
 
     run_app(model=model)

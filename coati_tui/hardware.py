@@ -138,3 +138,29 @@ def profile(runs_dir: Path | None = None) -> Profile:
         stacks=stacks(),
         nvml_error=why,
     )
+
+
+_early: dict = {}
+
+
+def profile_early() -> None:
+    """Start profiling in a thread now (before the app's imports), for ``take_early`` to collect."""
+    import threading
+
+    def run() -> None:
+        try:
+            _early["profile"] = profile()
+        except Exception as exc:  # the app profiles again and shows the error
+            _early["error"] = exc
+
+    _early["thread"] = threading.Thread(target=run, daemon=True, name="coati-profile")
+    _early["thread"].start()
+
+
+def take_early() -> Profile | None:
+    """The profile started by ``profile_early`` (once), else None."""
+    thread = _early.pop("thread", None)
+    if thread is None:
+        return None
+    thread.join()
+    return _early.pop("profile", None)

@@ -359,3 +359,16 @@ def plan(arch: Arch, presets: dict[str, Preset], machine: Machine, stages: tuple
     fits_all = [name for name in presets if all(r.fits for r in rows if r.preset == name)]
     overall = best([r for r in rows if r.preset in fits_all and r.stage == stages[-1]])
     return Plan(model, arch.model_type, arch.param_count("lm"), arch.exact, machine, rows, overall, by_stage)
+
+
+def smaller(result: Plan, stage: str, failed: str, kind: str) -> Row | None:
+    """After ``failed`` ran out of memory (``kind`` gpu_oom / cpu_oom) in ``stage``: the fastest other
+    preset that fits and needs less of the memory that ran out, or None."""
+    side = "gpu_bytes" if kind == "gpu_oom" and result.machine.device == "cuda" else "cpu_bytes"
+    rows = [r for r in result.rows if r.stage == stage]
+    before = next((r for r in rows if r.preset == failed), None)
+    limit = getattr(before, side) if before else float("inf")
+    options = [r for r in rows if r.preset != failed and r.fits and getattr(r, side) < limit]
+    if not options:
+        return None
+    return max(options, key=lambda r: (r.speed, -getattr(r, side)))

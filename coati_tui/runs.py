@@ -177,3 +177,38 @@ def prepare(cfg, run_dir: Path | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.write(run_dir)
     return run_dir
+
+
+def retry_with(run_dir: Path, preset_name: str) -> tuple[Path, bool]:
+    """A new run folder: ``run_dir``'s settings with another preset. When both presets train the same
+    adapters on plain PyTorch (e.g. lora_naive -> qlora_naive), the last checkpoint comes along and the
+    new run resumes from it. Returns (new folder, resumed)."""
+    import dataclasses
+    import shutil
+
+    from coati_tui import presets
+    from coati_tui.train.config import RunConfig
+
+    cfg = RunConfig.read(run_dir)
+    new = presets.load(preset_name)
+    train = {f"train.{k}": v for k, v in dataclasses.asdict(cfg.preset.train).items()}
+    ppo = {f"ppo.{k}": v for k, v in dataclasses.asdict(cfg.preset.ppo).items()}
+    keep = {**train, **ppo, "lora.rank": cfg.preset.lora.rank} if not new.full_finetune else {**train, **ppo}
+    if new.strategy != "naive":
+        keep = {k: v for k, v in keep.items() if k != "lora.rank"}
+    try:
+        new = new.with_overrides(keep, f"{run_dir}/config.toml")
+    except Exception:  # a setting the new preset refuses (e.g. accumulation under Gemini auto): its own defaults
+        pass
+    cfg = dataclasses.replace(cfg, preset=new)
+    out = new_run_dir(cfg.stage, cfg.model)
+    cfg.write(out)
+    old = Path(run_dir) / "checkpoints"
+    same_adapters = (new.strategy == "naive" and RunConfig.read(run_dir).preset.strategy == "naive"
+                     and not new.full_finetune and new.lora.rank == RunConfig.read(run_dir).preset.lora.rank)
+    found = sorted((p for p in old.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])) \
+        if old.is_dir() else []
+    if same_adapters and found:
+        shutil.copytree(found[-1], out / "checkpoints" / found[-1].name)
+        return out, True
+    return out, False

@@ -73,3 +73,54 @@ async def test_a_crashing_trainer_shows_the_error_and_the_app_keeps_working(tiny
         assert not isinstance(app.screen, TrainScreen)
         await pilot.press("b")  # still responsive
         assert app.screen.show_breakdown
+
+
+async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(tmp_path):
+    """A run that died of OOM at step 3 (its files as the trainer leaves them: checkpoint step-2, an
+    error event of kind cpu_oom; a real OOM cannot be provoked on a CI machine) shows the planner's next
+    smaller preset; p starts it, resuming from the checkpoint when the adapters match."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import transformers_major
+
+    from coati_tui import events
+
+    from coati_tui.tiny import build_tiny_model
+
+    # bitsandbytes' CPU inference kernel wants linear widths in multiples of 64 (the tiny default is 176)
+    model = build_tiny_model(tmp_path / "model", intermediate=256)
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "coati_tui", "train", "sft", "--model", str(model), "--data", data,
+                           "--out", str(run), "--preset", "lora_naive", "--lora-rank", "4", "--batch-size", "2",
+                           "--accumulation-steps", "1", "--max-len", "64", "--max-steps", "4", "--save-interval", "2",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = [e for e in events.read(run / "events.jsonl") if e["type"] != "done" and e.get("step", 0) <= 3]
+    kept.append(events.make("error", kind="cpu_oom", message="MemoryError: cannot allocate", log_tail=["..."]))
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in kept))
+    import shutil
+
+    shutil.rmtree(run / "final")
+    app = CoatiApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.2)
+        screen = TrainScreen(run)
+        app.push_screen(screen)
+        await wait_for(pilot, lambda: app.screen is screen and screen.is_mounted)
+        problem = screen.query_one("#problem")
+        await wait_for(pilot, lambda: "smaller preset" in str(problem.render()).lower())
+        if transformers_major() < 5:  # QLoRA on CPU needs transformers 5: nothing smaller fits here
+            assert "No smaller preset" in str(problem.render()) and screen.fallback is None
+            return
+        assert screen.fallback.preset == "qlora_naive"
+        await pilot.press("p")
+        await wait_for(pilot, lambda: screen.run_dir != run)
+        assert (screen.run_dir / "checkpoints" / "step-2").is_dir()
+        await wait_for(pilot, lambda: screen.status == "completed", timeout=240)
+        evs = events.read(screen.run_dir / "events.jsonl")
+        start = next(e for e in evs if e["type"] == "start")
+        assert start["resumed_from"] == 2 and start["config"]["preset"]["quant"]["bits"] == 4
+        assert [e["step"] for e in evs if e["type"] == "step"] == [3, 4]

@@ -171,7 +171,7 @@ class HomeScreen(Screen):
     def _profile(self) -> None:
         from coati_tui import hardware
 
-        prof = hardware.profile()
+        prof = hardware.take_early() or hardware.profile()
         self.app.call_from_thread(self._profiled, prof)
 
     def _profiled(self, prof) -> None:

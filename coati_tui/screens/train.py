@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from rich.text import Text
@@ -32,11 +33,15 @@ OOM_HINT = {"gpu_oom": "Out of GPU memory: pick a smaller preset in the plan (Ho
             "missing_dependency": "Install what the message names, then resume (r)."}
 
 
+PLOT_EVERY_S = 0.25
+
+
 class TrainScreen(Screen):
     BINDINGS = [
         Binding("c", "cancel", "Cancel (checkpoint)", id="cancel"),
         Binding("r", "resume", "Resume", id="resume"),
         Binding("l", "log_scale", "Log scale", id="log_scale"),
+        Binding("p", "retry_smaller", "Smaller preset", id="retry_smaller"),
         Binding("escape", "app.pop_screen", "Back", id="back"),
     ]
 
@@ -49,6 +54,8 @@ class TrainScreen(Screen):
             run_dir = next((p for p in self.chain if runs.status(p)["status"] != "completed"), self.chain[-1])
         self.run_dir = Path(run_dir)
         self.stage = None
+        self._plot_dirty, self._plot_drawn = False, 0.0
+        self.fallback = None  # after an OOM: the planner's next smaller preset (a planner Row)
         self.start_now = start
         self.gpu_total, self.ram_total = gpu_total, ram_total
         self.tail = runs.Tail(self.run_dir)
@@ -129,6 +136,8 @@ class TrainScreen(Screen):
     # ---- events ------------------------------------------------------------------------------
     def drain(self) -> None:
         new = self.tail.read()
+        if self._plot_dirty and time.monotonic() - self._plot_drawn >= PLOT_EVERY_S:
+            self._redraw()
         if not new:
             if self.proc and self.proc.poll() not in (None, 0) and self.status == "running":
                 self.status = "failed"
@@ -180,7 +189,14 @@ class TrainScreen(Screen):
             self.query_one(ProgressBar).update(progress=last_step["step"])
             self.query_one(MemoryPanel).show(last_step)
             self.query_one("#speed", Static).update(_speed(last_step))
-        plot.redraw()
+        self._plot_dirty = True
+        if time.monotonic() - self._plot_drawn >= PLOT_EVERY_S:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        """Plotext redraws cost tens of ms: at most four a second, however fast events come."""
+        self.query_one(LossPlot).redraw()
+        self._plot_dirty, self._plot_drawn = False, time.monotonic()
 
     def _next_stage(self, ev: dict) -> bool:
         """The demo: when a run completes, follow the next one (the demo process starts it)."""
@@ -191,13 +207,45 @@ class TrainScreen(Screen):
         self.tail = runs.Tail(self.run_dir)
         return True
 
-    def _problem(self, kind: str, message: str, tail: list[str]) -> None:
+    def _problem(self, kind: str, message: str, tail: list[str], fallback: str = "") -> None:
         text = Text.assemble((f"{kind.replace('_', ' ')}: ", "bold red"), message)
-        if kind in OOM_HINT:
+        if fallback:
+            text.append("\n" + fallback, style="bold yellow")
+        elif kind in OOM_HINT:
             text.append("\n" + OOM_HINT[kind], style="yellow")
         for line in tail[-6:]:
             text.append("\n  " + line, style="dim")
         self.query_one("#problem", Static).update(text)
+        if kind in ("gpu_oom", "cpu_oom") and not fallback:
+            self._find_smaller(kind, message, tail)
+
+    @work(thread=True, exclusive=True, group="plan")
+    def _find_smaller(self, kind: str, message: str, tail: list[str]) -> None:
+        """The planner's next smaller preset for this run's model and stage (no torch: config.json only)."""
+        from coati_tui import hardware, modelinfo, planner, presets
+        from coati_tui.train.config import RunConfig
+
+        cfg = RunConfig.read(self.run_dir)
+        arch = modelinfo.Arch.from_config(modelinfo.read_config(cfg.model))
+        result = planner.plan(arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()),
+                              (cfg.stage,), model=cfg.model)
+        row = planner.smaller(result, cfg.stage, cfg.preset.name, kind)
+        self.fallback = row
+        note = (f"Next smaller preset: {row.preset} ({row.reason}). Press p to retry with it."
+                if row else "No smaller preset fits this machine: lower train.batch_size or max_len.")
+        self.app.call_from_thread(self._problem, kind, message, tail, note)
+
+    def action_retry_smaller(self) -> None:
+        if self.fallback is None:
+            self.notify("Only after an out-of-memory error, when a smaller preset fits.", severity="warning")
+            return
+        new, resumed = runs.retry_with(self.run_dir, self.fallback.preset)
+        self.notify(f"{self.fallback.preset}: " + ("resuming from the last checkpoint" if resumed else
+                                                  "starting over (its checkpoints differ)") + f" in {new.name}")
+        self.run_dir, self.tail, self.fallback, self.stage = new, runs.Tail(new), None, None
+        self.chain = [new]
+        self.query_one(LossPlot).reset("loss")
+        self._launch()
 
 
 def _speed(ev: dict) -> Text:
