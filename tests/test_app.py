@@ -78,3 +78,34 @@ def test_app_process_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+async def test_data_path_completes_validates_and_previews(tmp_path):
+    from sample_data import preference_records, write_jsonl
+
+    write_jsonl(tmp_path / "prefs.jsonl", preference_records(20))
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"from": "user", "content": "好"}, {"from": "assistant", '
+                                        '"content": "好"}]}\n{"messages": [{"from": "robot", "content": "x"}]}\n',
+                                        encoding="utf-8")
+    app = CoatiApp()
+    async with app.run_test(size=(100, 50)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("d")
+        await pilot.press(*f"{tmp_path}/pr")
+        await pilot.pause(0.3)
+        await pilot.press("right")  # accept the completion
+        field = app.screen.query_one("#data-input")
+        assert field.value == f"{tmp_path}/prefs.jsonl"
+        info = app.screen.query_one("#data-info")
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if "preference pairs" in text_of(info):
+                break
+        shown = text_of(info)
+        assert "✓ 20 preference pairs" in shown and "chosen" in shown and "你好！很高兴见到你。" in shown
+        field.value = str(tmp_path / "bad.jsonl")
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if "line 2" in text_of(info):
+                break
+        assert "bad.jsonl: line 2, field 'messages[0].role': unknown role 'robot'" in text_of(info)

@@ -272,3 +272,27 @@ def load_prompts(path: str | Path, limit: int = 0) -> list[list[dict]]:
     if not out:
         raise DataError(path, None, None, "no records")
     return out
+
+
+def sniff(path: str | Path, preview: int = 3) -> tuple[str, int, list]:
+    """What a data file holds, checked whole: ("sft" | "preferences" | "prompts", record count, the first
+    ``preview`` records in normal form). The first record decides the kind; a bad record raises
+    DataError naming its line. The app validates and previews a file with this as soon as it is typed."""
+    kind, parse, count, first = None, None, 0, []
+    for where, rec in iter_records(path):
+        if parse is None:
+            if "chosen" in rec or "rejected" in rec:
+                kind, parse = "preferences", preference_pair
+            else:
+                try:
+                    sft_messages(rec, path, where)
+                    kind, parse = "sft", sft_messages
+                except DataError:
+                    kind, parse = "prompts", prompt_messages
+        item = parse(rec, path, where)
+        count += 1
+        if len(first) < preview:
+            first.append(item)
+    if parse is None:
+        raise DataError(path, None, None, "no records")
+    return kind, count, first

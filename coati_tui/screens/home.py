@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
@@ -14,7 +15,11 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from coati_tui.units import fmt_bytes, fmt_count
 from coati_tui.widgets.machine import MachinePanel
+from coati_tui.widgets.path_input import PathSuggester
 from coati_tui.widgets.plan_table import PlanTable
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+KIND_NAMES = {"sft": "SFT conversations", "preferences": "preference pairs", "prompts": "PPO prompts"}
 
 DEMO = "demo"
 
@@ -44,11 +49,13 @@ class HomeScreen(Screen):
             yield MachinePanel(id="machine")
             with Vertical(id="model-box"):
                 yield Input(value="" if self.model == DEMO else self.model, id="model-input", compact=True,
-                            placeholder="model folder, run folder or cached hub id (empty: the demo)")
+                            placeholder="model folder, run folder or cached hub id (empty: the demo)",
+                            suggester=PathSuggester(dirs_only=True))
                 yield Static(id="model-info")
-                yield Input(id="data-input", compact=True,
+                yield Input(id="data-input", compact=True, suggester=PathSuggester(DATA_SUFFIXES),
                             placeholder="data for the stage: SFT chats, preference pairs or PPO prompts (.jsonl .json .csv .parquet)")
-                yield Input(id="reward-input", compact=True,
+                yield Static(id="data-info")
+                yield Input(id="reward-input", compact=True, suggester=PathSuggester(dirs_only=True),
                             placeholder="PPO only: the reward model (an RM run folder)")
             yield PlanTable(id="plan")
             yield Static(id="detail")
@@ -156,6 +163,38 @@ class HomeScreen(Screen):
     def _data_chosen(self, _event) -> None:
         self.query_one("#plan", PlanTable).focus()
 
+    @on(Input.Changed, "#data-input")
+    def _data_typed(self, event: Input.Changed) -> None:
+        self._sniff(event.value.strip())
+
+    @work(thread=True, exclusive=True, group="sniff")
+    def _sniff(self, path: str) -> None:
+        """Check the whole file as the trainer will (the error names file, line and field) and preview
+        its first records as conversations."""
+        import time
+
+        from textual.worker import get_current_worker
+
+        from coati_tui.data import formats
+
+        time.sleep(0.15)  # typing goes on: only the last value is checked
+        if get_current_worker().is_cancelled:
+            return
+        if not path:
+            text = Text("")
+        elif not Path(path).expanduser().exists():
+            text = Text("no such file yet", style="dim")
+        else:
+            try:
+                kind, count, first = formats.sniff(path)
+                text = _preview(kind, count, first)
+            except formats.DataError as exc:
+                text = Text(str(exc), style="red")
+            except Exception as exc:  # unreadable, a folder without a dataset: say it, keep going
+                text = Text(f"{path}: {exc}", style="red")
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.query_one("#data-info", Static).update, text)
+
     @on(Input.Submitted, "#model-input")
     def _model_chosen(self, event: Input.Submitted) -> None:
         self.model = event.value.strip() or DEMO
@@ -237,3 +276,26 @@ class HomeScreen(Screen):
                 text.append(f"\n          coati-tui train ppo --model {model} --reward {shlex.quote(reward)} "
                             f"--prompts {data} --preset {name}", style="cyan")
         self.query_one("#detail", Static).update(text)
+
+
+def _preview(kind: str, count: int, first: list) -> Text:
+    """"✓ 48 SFT conversations" and the first records as conversations, one line per turn."""
+    text = Text.assemble(("✓ ", "green"), f"{count:,} {KIND_NAMES[kind]}")
+    roles = {"user": "cyan", "assistant": "green", "system": "magenta"}
+
+    def turn(role: str, content: str, style: str | None = None) -> None:
+        line = " ".join(content.split())
+        text.append(f"\n  {role:9s} ", style=style or roles.get(role, ""))
+        text.append(line[:200] + ("…" if len(line) > 200 else ""))
+
+    for i, rec in enumerate(first, 1):
+        text.append(f"\n #{i}", style="bold dim")
+        if kind == "preferences":
+            for m in rec.prompt:
+                turn(m["role"], m["content"])
+            turn("chosen", rec.chosen[-1]["content"], "green")
+            turn("rejected", rec.rejected[-1]["content"], "red")
+        else:
+            for m in rec:
+                turn(m["role"], m["content"])
+    return text
