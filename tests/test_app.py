@@ -109,3 +109,34 @@ async def test_data_path_completes_validates_and_previews(tmp_path):
             if "line 2" in text_of(info):
                 break
         assert "bad.jsonl: line 2, field 'messages[0].role': unknown role 'robot'" in text_of(info)
+
+
+async def test_settings_edit_hyperparameters_with_help_and_reach_the_command():
+    from coati_tui.screens.settings import SettingsScreen
+
+    app = CoatiApp()
+    async with app.run_test(size=(120, 45)) as pilot:
+        await _settle(app, pilot)
+        table = app.screen.query_one("#plan", PlanTable)
+        before = next(r.cpu_bytes for r in table.plan.rows if r.preset == "lora_naive" and r.stage == "sft")
+        await pilot.press("e")
+        assert isinstance(app.screen, SettingsScreen)
+        labels = " ".join(str(w.render()) for w in app.screen.query("Label"))
+        assert "sequences per micro-batch" in labels  # each setting shows its help
+        app.screen.query_one("#train__batch_size").value = "两"
+        await pilot.press("ctrl+s")
+        assert "train.batch_size: expected a whole number" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#train__batch_size").value = "0"
+        await pilot.press("ctrl+s")  # the presets' own check: below the minimum
+        assert "train.batch_size" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#train__batch_size").value = "16"
+        app.screen.query_one("#lora__rank").value = "8"
+        await pilot.press("ctrl+s")
+        await _settle(app, pilot)
+        home = app.screen
+        assert home.overrides == {"train.batch_size": 16, "lora.rank": 8}
+        after = next(r.cpu_bytes for r in table.plan.rows if r.preset == "lora_naive" and r.stage == "sft")
+        assert after > before  # a bigger batch plans more activation memory
+        home.model = "/models/m"  # the headless command carries the edits as flags
+        home._show_detail()
+        assert "--batch-size 16 --lora-rank 8" in text_of(home.query_one("#detail"))

@@ -29,6 +29,7 @@ class HomeScreen(Screen):
         Binding("r", "refresh_profile", "Re-profile", id="refresh"),
         Binding("m", "focus_model", "Model", id="model"),
         Binding("b", "toggle_breakdown", "Breakdown", id="breakdown"),
+        Binding("e", "settings", "Settings", id="settings"),
         Binding("d", "focus_data", "Data", id="data"),
         Binding("s", "train('sft')", "Train SFT", id="train_sft"),
         Binding("w", "train('rm')", "Train RM", id="train_rm"),
@@ -42,6 +43,7 @@ class HomeScreen(Screen):
         self.model = model or DEMO
         self.profile = None
         self.show_breakdown = False
+        self.overrides: dict = {}  # hyperparameters edited in Settings (e), applied to the run and the plan
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -54,7 +56,7 @@ class HomeScreen(Screen):
                 yield Static(id="model-info")
                 yield Input(id="data-input", compact=True, suggester=PathSuggester(DATA_SUFFIXES),
                             placeholder="data for the stage: SFT chats, preference pairs or PPO prompts (.jsonl .json .csv .parquet)")
-                yield Static(id="data-info")
+                yield Static(id="data-info", classes="empty")
                 yield Input(id="reward-input", compact=True, suggester=PathSuggester(dirs_only=True),
                             placeholder="PPO only: the reward model (an RM run folder)")
             yield PlanTable(id="plan")
@@ -77,6 +79,22 @@ class HomeScreen(Screen):
     def action_toggle_breakdown(self) -> None:
         self.show_breakdown = not self.show_breakdown
         self._show_detail()
+
+    def action_settings(self) -> None:
+        from coati_tui.screens.settings import SettingsScreen
+
+        table = self.query_one("#plan", PlanTable)
+        if not table.plan or table.row_count == 0:
+            return
+        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+        def applied(result) -> None:
+            if result is not None:
+                self.overrides = result
+                self.notify("Settings: " + (", ".join(f"{k}={v}" for k, v in result.items()) or "preset defaults"))
+                self._plan()
+
+        self.app.push_screen(SettingsScreen(table.presets[name], self.overrides), applied)
 
     def action_focus_data(self) -> None:
         self.query_one("#data-input", Input).focus()
@@ -138,7 +156,7 @@ class HomeScreen(Screen):
         from coati_tui.train import config
 
         try:
-            cfg = config.build(stage, model, data, preset, reward=reward)
+            cfg = config.build(stage, model, data, preset, self._valid_overrides(preset), reward=reward)
             why = runs.blocked(cfg.preset)
             if why:
                 raise ValueError(why)
@@ -147,6 +165,13 @@ class HomeScreen(Screen):
             self.app.call_from_thread(self.notify, str(exc), title="Cannot start", severity="error", timeout=15)
             return
         self.app.call_from_thread(self._open_run, run_dir)
+
+    def _valid_overrides(self, preset: str) -> dict:
+        """The edited settings this preset takes (ColossalAI's full fine-tune presets keep lora.rank 0)."""
+        from coati_tui import presets
+
+        strategy = presets.load(preset).strategy
+        return {k: v for k, v in self.overrides.items() if not (k == "lora.rank" and strategy != "naive")}
 
     def _totals(self) -> tuple[int, int]:
         gpu = self.profile.gpus[0].total_bytes if self.profile and self.profile.gpus else 0
@@ -193,7 +218,12 @@ class HomeScreen(Screen):
             except Exception as exc:  # unreadable, a folder without a dataset: say it, keep going
                 text = Text(f"{path}: {exc}", style="red")
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.query_one("#data-info", Static).update, text)
+            self.app.call_from_thread(self._data_info, text)
+
+    def _data_info(self, text: Text) -> None:
+        info = self.query_one("#data-info", Static)
+        info.update(text)
+        info.set_class(not text.plain, "empty")
 
     @on(Input.Submitted, "#model-input")
     def _model_chosen(self, event: Input.Submitted) -> None:
@@ -226,7 +256,9 @@ class HomeScreen(Screen):
         try:
             cfg = config_dict() if self.model == DEMO else modelinfo.read_config(self.model)
             arch = modelinfo.Arch.from_config(cfg)
-            loaded = presets.load_all()
+            from coati_tui.screens.settings import apply_all
+
+            loaded = apply_all(presets.load_all(), self.overrides)
         except (modelinfo.ModelError, presets.PresetError, OSError) as exc:
             self.app.call_from_thread(self._plan_failed, str(exc))
             return
@@ -271,10 +303,13 @@ class HomeScreen(Screen):
             model = shlex.quote(self.model)
             data = shlex.quote(self.query_one("#data-input", Input).value.strip() or "DATA")
             reward = self.query_one("#reward-input", Input).value.strip()
-            text.append(f"coati-tui train sft --model {model} --data {data} --preset {name}", style="cyan")
+            from coati_tui.screens.settings import flags
+
+            extra = "".join(" " + shlex.quote(f) for f in flags(self._valid_overrides(name)))
+            text.append(f"coati-tui train sft --model {model} --data {data} --preset {name}{extra}", style="cyan")
             if reward:
                 text.append(f"\n          coati-tui train ppo --model {model} --reward {shlex.quote(reward)} "
-                            f"--prompts {data} --preset {name}", style="cyan")
+                            f"--prompts {data} --preset {name}{extra}", style="cyan")
         self.query_one("#detail", Static).update(text)
 
 
