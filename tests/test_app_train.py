@@ -124,3 +124,34 @@ async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(
         start = next(e for e in evs if e["type"] == "start")
         assert start["resumed_from"] == 2 and start["config"]["preset"]["quant"]["bits"] == 4
         assert [e["step"] for e in evs if e["type"] == "step"] == [3, 4]
+
+
+async def test_the_app_reattaches_to_a_run_that_kept_training(tiny_model, tmp_path):
+    """A run started detached (as the app starts them) trains on without the app; opening the app again
+    shows it, and cancelling from there stops it cleanly."""
+    from coati_tui import runs
+    from coati_tui.train import config
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
+    cfg = config.build("sft", str(tiny_model), data, "lora_naive",
+                       {"lora.rank": 4, "train.batch_size": 2, "train.accumulation_steps": 1, "train.max_len": 64,
+                        "train.max_epochs": 50, "train.grad_checkpointing": False})
+    run = runs.prepare(cfg)
+    proc = runs.launch(run, detached=True)  # the app that started it is gone
+    deadline = time.monotonic() + 60
+    while runs.alive(run) is None and time.monotonic() < deadline:  # the trainer is up
+        time.sleep(0.2)
+    try:
+        app = CoatiApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+            screen = app.screen
+            assert screen.run_dir == run
+            plot = screen.query_one(LossPlot)
+            await wait_for(pilot, lambda: len(plot.values) >= 2)
+            await pilot.press("c")
+            await wait_for(pilot, lambda: screen.status == "cancelled")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

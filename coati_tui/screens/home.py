@@ -68,6 +68,26 @@ class HomeScreen(Screen):
         self.query_one("#plan").border_title = "Plan"
         self.query_one("#plan").focus()
         self.action_refresh_profile()
+        self._find_live_run()
+
+    @work(thread=True, exclusive=True, group="live")
+    def _find_live_run(self) -> None:
+        """A run that kept training while the app was closed: open it again (the demo as the demo)."""
+        from coati_tui import runs
+
+        live = [Path(r["run"]) for r in runs.list_runs()
+                if r["status"] in ("running", "unknown") and runs.alive(Path(r["run"]))]
+        if live:
+            self.app.call_from_thread(self._reattach, live[0])
+
+    def _reattach(self, run_dir: Path) -> None:
+        from coati_tui import runs
+        from coati_tui.screens.train import TrainScreen
+
+        demo = run_dir in runs.demo_runs()
+        gpu, ram = self._totals()
+        self.app.push_screen(TrainScreen(None if demo else run_dir, gpu_total=gpu, ram_total=ram, demo=demo))
+        self.notify(f"{run_dir.name} kept training while the app was closed: re-attached. esc goes back.")
 
     # ---- actions -------------------------------------------------------------------------------
     def action_refresh_profile(self) -> None:
