@@ -48,10 +48,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         LlamaForCausalLM(cfg).save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        from coati_tui.train.strategy import load_naive
+        from coati_tui.train.strategy import load_model
 
         preset = presets.load("lora_naive").with_overrides({"train.grad_checkpointing": False})
-        base = load_naive(tmp, preset, "sft", "cpu", adapters=False).model
+        base = load_model(tmp, preset, "sft", "cpu", adapters=False).model
     n_params = sum(p.numel() for p in base.parameters())
 
     # a stand-in reward model is not timed here; Lean needs one, so give it the base's own folder path

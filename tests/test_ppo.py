@@ -116,7 +116,7 @@ def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model):
 
     def actor_after(ptx):
         torch.manual_seed(0)
-        base = strategy.load_naive(tiny_model, preset, "sft", "cpu", adapters=False).model
+        base = strategy.load_model(tiny_model, preset, "sft", "cpu", adapters=False).model
         models = ppo.Lean(base, preset, str(tiny_reward_model), str(tiny_model), "cpu", tok, info=lambda m: None)
         rollout = ppo.Rollout(models, preset.ppo, [end_id], tok.pad_token_id, "cpu",
                               ppo._generation_config(preset.ppo, [end_id], tok.pad_token_id))
@@ -152,9 +152,17 @@ def test_ppo_cli_errors(tiny_model, prompts, tmp_path):
     assert proc.returncode == 2 and "bad.jsonl: line 2" in proc.stderr
 
 
-def test_ppo_refuses_a_sharded_or_full_preset_before_loading(tiny_model, tiny_reward_model, prompts, tmp_path):
+def test_full_finetune_ppo_runs_four_models_and_writes_a_full_model(tiny_model, tiny_reward_model, prompts, tmp_path):
+    out = tmp_path / "r"
     proc = cli("train", "ppo", "--model", str(tiny_model), "--reward", str(tiny_reward_model), "--prompts", prompts,
-               "--out", str(tmp_path / "r"), *PPO_SMALL, "--lora-rank", "0", "--json")
-    assert proc.returncode == 1
-    err, = [e for e in map(events.parse, proc.stdout.splitlines()) if e and e["type"] == "error"]
-    assert err["kind"] == "config" and "memory-lean" in err["message"]
+               "--out", str(out), *PPO_SMALL, "--lora-rank", "0", "--max-steps", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evs = events.read(out / "events.jsonl")
+    start, = of(evs, "start")
+    assert start["layout"] == "four_models" and start["trainable_params"] > start["params"] / 3
+    assert [e["step"] for e in of(evs, "step")] == [1, 2]
+    assert all(e["skipped_updates"] == 0 and e["value_loss"] >= 0 for e in of(evs, "step"))
+
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "llama"

@@ -4,7 +4,7 @@ import pytest
 from conftest import transformers_major
 
 from coati_tui import modelinfo, presets
-from coati_tui.train.strategy import load_naive
+from coati_tui.train.strategy import load_model
 
 torch = pytest.importorskip("torch")
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 @pytest.mark.parametrize("stage", ["sft", "rm"])
 def test_lora_trainable_params_match_the_planner(tiny_model, stage):
     preset = presets.load("lora_naive").with_overrides({"lora.rank": 8})
-    prepared = load_naive(tiny_model, preset, stage, "cpu")
+    prepared = load_model(tiny_model, preset, stage, "cpu")
     arch = modelinfo.Arch.from_config(modelinfo.read_config(tiny_model))
     expected = arch.lora_params(8, "all-linear") + (arch.hidden if stage == "rm" else 0)  # + score head
     assert prepared.trainable_params == expected
@@ -22,7 +22,7 @@ def test_lora_trainable_params_match_the_planner(tiny_model, stage):
 
 def test_one_step_changes_only_the_adapters(tiny_model):
     preset = presets.load("lora_naive")
-    model = load_naive(tiny_model, preset, "sft", "cpu").model
+    model = load_model(tiny_model, preset, "sft", "cpu").model
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -35,7 +35,7 @@ def test_one_step_changes_only_the_adapters(tiny_model):
 
 @pytest.mark.skipif(transformers_major() < 5, reason="bitsandbytes 4-bit on CPU needs transformers >= 5")
 def test_qlora_base_is_4bit_on_cpu(tiny_model):
-    prepared = load_naive(tiny_model, presets.load("qlora_naive"), "sft", "cpu")
+    prepared = load_model(tiny_model, presets.load("qlora_naive"), "sft", "cpu")
     kinds = {type(m).__name__ for m in prepared.model.modules()}
     assert "Linear4bit" in kinds
     ids = torch.randint(8, 200, (2, 16))

@@ -16,6 +16,9 @@ this SFT output writes its adapter beside the merged weights), else a separate m
 RAM between rollouts on a GPU. The critic starts from the reward adapter and head when they are shared
 (as ColossalChat initialises its critic from the reward model). Four models' worth of weights become one.
 
+Full fine-tuning (lora.rank 0, or ppo.memory_lean = false) takes ColossalChat's layout instead: four
+models (``Separate``). Gemini / ZeRO-2 PPO is not built: the run stops with a config error first.
+
 Under torchrun every process makes its own rollouts from its share of the prompts; gradients are
 averaged across processes before each optimizer step.
 """
@@ -174,6 +177,94 @@ class Lean:
         self.model.train(on)
         self.value_head.train(on)
 
+    def ptx_loss(self, batch):
+        from coati_tui.train.sft import _label_only_loss
+
+        self.model.set_adapter("actor")
+        return _label_only_loss(self.model, batch)
+
+    def save_final(self, tokenizer, final: Path, end_id: int, cfg) -> None:
+        _save_actor(self, tokenizer, final, end_id, cfg)
+
+
+class Separate:
+    """ColossalChat's layout: actor, reference, critic and reward model, each its own weights, for full
+    fine-tuning (lora.rank 0) or ``ppo.memory_lean = false``. The reference is a frozen copy of the
+    actor's start; the critic starts as the reward model (its score head gives a value per token)."""
+
+    def __init__(self, preset, cfg, device: str, tokenizer, info=print):
+        from coati_tui.train.strategy import load_model
+
+        pad_id = tokenizer.pad_token_id
+        self.device, self.temperature = device, preset.ppo.temperature
+        self.actor = load_model(cfg.model, preset, "sft", device, pad_id).model
+        self.ref = load_model(cfg.model, preset, "sft", device, pad_id, adapters=False).model.eval()
+        self.critic = load_model(cfg.reward, preset, "rm", device, pad_id).model
+        self.rm = load_model(cfg.reward, preset, "rm", device, pad_id, adapters=False).model.eval()
+        for name, model in (("reward model", self.rm), ("critic", self.critic)):
+            if getattr(model.config, "vocab_size", None) != self.actor.config.vocab_size:
+                raise ConfigError(f"the {name} ({cfg.reward}) has another vocabulary than the actor: train it "
+                                  "from the same base (or from the SFT run)")
+        self.separate_rm = self.rm
+        info("layout: four models (actor, reference, critic from the reward model, reward model)")
+
+    @staticmethod
+    def _inner(model):
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def params(self, which: str) -> list:
+        model = self.actor if which == "actor" else self.critic
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict:
+        out = {}
+        for prefix, model in (("actor", self.actor), ("critic", self.critic)):
+            names = {n for n, p in model.named_parameters() if p.requires_grad}
+            out.update({f"{prefix}.{k}": v for k, v in model.state_dict().items() if k in names})
+        return out
+
+    def load_trainable(self, state: dict) -> None:
+        for prefix, model in (("actor", self.actor), ("critic", self.critic)):
+            part = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            model.load_state_dict(part, strict=False)
+
+    def hidden(self, which: str | None, ids, mask):
+        model = self._inner({"actor": self.actor, None: self.ref, "critic": self.critic, "reward": self.rm}[which])
+        decoder = getattr(model, model.base_model_prefix)
+        return decoder(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
+
+    def logits(self, which: str | None, ids, mask, start: int, width: int):
+        h = self.hidden(which, ids, mask)[:, start - 1: start - 1 + width]
+        head = self._inner(self.actor if which == "actor" else self.ref).get_output_embeddings()
+        return head(h).float() / self.temperature
+
+    def values(self, ids, mask, start: int, width: int):
+        h = self.hidden("critic", ids, mask)[:, start - 1: start - 1 + width]
+        return self._inner(self.critic).score(h).float().squeeze(-1)
+
+    def scores(self, ids, mask, last):
+        import torch
+
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        return self.rm.score(self.hidden("reward", ids, mask)[rows, last]).float().squeeze(-1)
+
+    def generate(self, ids, mask, gen_config):
+        return self.actor.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+
+    def train(self, on: bool) -> None:
+        self.actor.train(on)
+        self.critic.train(on)
+
+    def ptx_loss(self, batch):
+        from coati_tui.train.sft import _label_only_loss
+
+        return _label_only_loss(self.actor, batch)
+
+    def save_final(self, tokenizer, final: Path, end_id: int, cfg) -> None:
+        from coati_tui.train.sft import _save_final
+
+        _save_final(self.actor, tokenizer, final, end_id, stage="ppo", base=cfg.model)
+
 
 class SeparateReward:
     """A reward model that is not on the actor's base: its own weights, on the GPU only while scoring
@@ -182,7 +273,7 @@ class SeparateReward:
     def __init__(self, reward_dir: str, preset, device: str, tokenizer):
         from transformers import AutoTokenizer
 
-        from coati_tui.train.strategy import load_naive
+        from coati_tui.train.strategy import load_model
 
         theirs = AutoTokenizer.from_pretrained(reward_dir)
         if theirs.get_vocab() != tokenizer.get_vocab():
@@ -192,7 +283,7 @@ class SeparateReward:
         if (Path(reward_dir) / "adapter_config.json").is_file() and preset.quant.bits:
             rm_preset = preset.with_overrides({"quant.bits": 0})
         self.offload = device == "cuda" and not rm_preset.quant.bits
-        prepared = load_naive(reward_dir, rm_preset, "rm", "cpu" if self.offload else device,
+        prepared = load_model(reward_dir, rm_preset, "rm", "cpu" if self.offload else device,
                               pad_token_id=tokenizer.pad_token_id, adapters=False)
         self.model, self.device = prepared.model.eval(), device
 
@@ -222,10 +313,9 @@ def main(run_dir: str | Path) -> None:
 
         cfg, preset, pp = run.cfg, run.cfg.preset, run.cfg.preset.ppo
         strat.check_requirements(preset)
-        if preset.strategy != "naive" or preset.full_finetune:
-            raise ConfigError(f"PPO runs the memory-lean layout (LoRA adapters on one base): preset {preset.name} "
-                              f"is {preset.strategy}{' full fine-tune' if preset.full_finetune else ''}. "
-                              "Use lora_naive or qlora_naive.")
+        if preset.strategy != "naive":
+            raise ConfigError(f"PPO under {preset.strategy} (preset {preset.name}) is not built yet: use lora_naive "
+                              "or qlora_naive (memory-lean), or lora_naive with --lora-rank 0 (full fine-tune)")
         torch.manual_seed(cfg.seed)
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -251,9 +341,13 @@ def main(run_dir: str | Path) -> None:
         run.info(f"data: {len(train_set)} prompts, {len(held)} held out, {len(ptx)} PTX examples")
 
         device = strat.pick_device()
-        prepared = strat.load_naive(cfg.model, preset, "sft", device, pad_token_id=pad_id, adapters=False)
-        strategy = strat.Naive(device, prepared.dtype_name)
-        models = Lean(prepared.model, preset, cfg.reward, cfg.model, device, tokenizer, run.info)
+        lean = not preset.full_finetune and pp.memory_lean
+        strategy = strat.Naive(device, strat.pick_precision(preset, device))
+        if lean:
+            base = strat.load_model(cfg.model, preset, "sft", device, pad_token_id=pad_id, adapters=False).model
+            models = Lean(base, preset, cfg.reward, cfg.model, device, tokenizer, run.info)
+        else:
+            models = Separate(preset, cfg, device, tokenizer, run.info)
         actor_params, critic_params = models.params("actor"), models.params("critic")
         actor_opt = torch.optim.AdamW(actor_params, lr=preset.train.lr, weight_decay=preset.train.weight_decay)
         critic_opt = torch.optim.AdamW(critic_params, lr=pp.critic_lr, weight_decay=preset.train.weight_decay)
@@ -310,12 +404,13 @@ def main(run_dir: str | Path) -> None:
                         out["true_score"] += sum(scorer(m, t) for (m, _), t in zip(chunk, texts)) / len(held)
             return out
 
-        n_params = sum(p.numel() for p in models.model.parameters())
+        n_params = sum(p.numel() for p in models.model.parameters()) if lean else sum(
+            p.numel() for m in (models.actor, models.ref, models.critic, models.rm) for p in m.parameters())
         run.emit("start", stage="ppo", config=cfg.to_dict(), params=n_params,
                  trainable_params=sum(p.numel() for p in actor_params + critic_params), strategy=strategy.name,
-                 device=device, precision=prepared.dtype_name, total_steps=total, resumed_from=state.step,
+                 device=device, precision=strategy.precision, total_steps=total, resumed_from=state.step,
                  run_dir=str(run.dir), template=template, end_token_id=end_id, held_out=len(held),
-                 prompts=len(train_set), ptx_examples=len(ptx), layout="lean",
+                 prompts=len(train_set), ptx_examples=len(ptx), layout="lean" if lean else "four_models",
                  shared_reward=models.separate_rm is None)
         if state.step == 0 and held and cfg.eval_interval >= 0:
             _emit_eval(run, 0, evaluate())
@@ -371,7 +466,7 @@ def main(run_dir: str | Path) -> None:
         _emit_eval(run, state.step, evaluate())
         final = run.dir / "final"
         if run.main:
-            _save_actor(models, tokenizer, final, end_id, cfg)
+            models.save_final(tokenizer, final, end_id, cfg)
         strategy.barrier()
         run.emit("done", status="completed", step=state.step, total_steps=total, final=str(final))
 
@@ -439,14 +534,13 @@ class Rollout:
         return [tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(rows, lens)]
 
 
-def _update(models: Lean, exp: dict, pp, preset, actor_opt, critic_opt, actor_params, critic_params, ptx,
+def _update(models, exp: dict, pp, preset, actor_opt, critic_opt, actor_params, critic_params, ptx,
             state: PPOState, pad_id: int, device: str, strategy) -> dict:
     """``ppo_epochs`` passes of mini-batches over one rollout; returns the averaged statistics."""
     import torch
 
     from coati_tui.train import ppo_math as M
     from coati_tui.train.common import pad
-    from coati_tui.train.sft import _label_only_loss
 
     B, start, T = exp["ids"].shape[0], exp["start"], exp["resp"].shape[1]
     mb_size = max(1, min(preset.train.batch_size, B))
@@ -477,8 +571,7 @@ def _update(models: Lean, exp: dict, pp, preset, actor_opt, critic_opt, actor_pa
                 batch = {"input_ids": torch.tensor(pad([e.input_ids for e in items], pad_id), device=device),
                          "labels": torch.tensor(pad([e.labels for e in items], -100), device=device),
                          "attention_mask": torch.tensor(pad([[1] * len(e.input_ids) for e in items], 0), device=device)}
-                models.model.set_adapter("actor")
-                ptx_loss = _label_only_loss(models.model, batch)
+                ptx_loss = models.ptx_loss(batch)
                 loss = loss + pp.ptx_coef * ptx_loss
             loss.backward()
             _sync(actor_params, strategy)

@@ -48,7 +48,7 @@ def main(run_dir: str | Path) -> None:
                  f"tokens; {len(held)} held out", data=stats)
 
         device = strat.pick_device()
-        prepared = strat.load_naive(cfg.model, preset, "rm", device, pad_token_id=tokenizer.pad_token_id)
+        prepared = strat.load_model(cfg.model, preset, "rm", device, pad_token_id=tokenizer.pad_token_id)
         strategy = strat.make_strategy(preset, device, prepared.dtype_name)
         pad_id = tokenizer.pad_token_id
 

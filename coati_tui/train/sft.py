@@ -47,7 +47,7 @@ def main(run_dir: str | Path) -> None:
                  f"{len(held)} held out", data=stats)
 
         device = strat.pick_device()
-        prepared = strat.load_naive(cfg.model, preset, "sft", device, pad_token_id=tokenizer.pad_token_id)
+        prepared = strat.load_model(cfg.model, preset, "sft", device, pad_token_id=tokenizer.pad_token_id)
         strategy = strat.make_strategy(preset, device, prepared.dtype_name)
         end_id, stops = end_token(tokenizer, _stop_ids(prepared.model, tokenizer))
         pad_id = tokenizer.pad_token_id

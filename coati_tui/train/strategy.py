@@ -1,6 +1,6 @@
 """How a preset becomes a trainable model, and how it is stepped. Runs in the trainer (imports torch lazily).
 
-``load_naive`` builds the model for every strategy (plain PyTorch + peft: LoRA, QLoRA on a bitsandbytes
+``load_model`` builds the model for every strategy (plain PyTorch + peft: LoRA, QLoRA on a bitsandbytes
 4-bit base, or full fine-tune); the planner's estimate reads the same preset fields used here. Then a
 strategy object owns the optimizer step, gradient sync, checkpoint IO and memory figures:
 - ``Naive``: one process, or torch DDP when launched by torchrun;
@@ -48,15 +48,15 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | None = None,
+def load_model(model_dir: str | Path, preset: Preset, stage: str, device: str | None = None,
                pad_token_id: int | None = None, adapters: bool = True) -> Prepared:
-    """Load ``model_dir`` for ``stage`` ("sft" = causal LM, "rm" = one-label classifier) as ``preset`` says.
+    """Load ``model_dir`` for ``stage`` ("sft" = causal LM, "rm" = one-label classifier) as ``preset`` says,
+    for every strategy: naive models go to ``device``; under Gemini / ZeRO-2 they stay in CPU RAM in the
+    preset's dtype until the booster wraps them (moving a model that only fits with offload would OOM).
     ``adapters=False``: the (frozen, possibly quantized) base only; the caller adds its own adapters."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if preset.strategy != "naive":
-        raise ValueError(f"load_naive got a {preset.strategy} preset")
     device = device or pick_device()
     precision = pick_precision(preset, device)
     dtype = torch_dtype(precision)
@@ -95,8 +95,8 @@ def load_naive(model_dir: str | Path, preset: Preset, stage: str, device: str | 
         config = PeftConfig.from_pretrained(model_dir)
         config.task_type = None  # an SFT (causal) adapter also merges into a reward model's backbone
         model = PeftModel.from_pretrained(model, model_dir, config=config).merge_and_unload()
-    if not preset.quant.bits:
-        model.to(device)
+    if not preset.quant.bits and preset.strategy == "naive":
+        model.to(device)  # Gemini / ZeRO place the weights themselves when the booster wraps the model
     if preset.train.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
