@@ -11,20 +11,23 @@ from textual.binding import Binding
 
 from coati_tui import __version__
 from coati_tui.screens.home import HomeScreen
+from coati_tui.screens.modes import ChatModeScreen, RankModeScreen
 
 
 class CoatiApp(App):
     TITLE = "coati-tui"
     SUB_TITLE = f"RLHF on one GPU · v{__version__}"
     CSS_PATH = "app.tcss"
-    BINDINGS = [("q", "quit", "Quit"), ("question_mark", "help", "Help")]
+    BINDINGS = [("q", "quit", "Quit"), ("question_mark", "help", "Help"),
+                Binding("f1", "switch_mode('train')", "Train", show=False),
+                Binding("f2", "switch_mode('chat')", "Chat", show=False),
+                Binding("f3", "switch_mode('rank')", "Rank", show=False)]
+    MODES = {"train": HomeScreen, "chat": ChatModeScreen, "rank": RankModeScreen}
+    DEFAULT_MODE = "train"
 
     def __init__(self, model: str | None = None) -> None:
+        self.model = model  # Home (the train mode's first screen) plans this model
         super().__init__()
-        self.model = model
-
-    def on_mount(self) -> None:
-        self.push_screen(HomeScreen(self.model))
 
     def action_help(self) -> None:
         from coati_tui.screens.help import HelpScreen

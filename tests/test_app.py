@@ -140,3 +140,21 @@ async def test_settings_edit_hyperparameters_with_help_and_reach_the_command():
         home.model = "/models/m"  # the headless command carries the edits as flags
         home._show_detail()
         assert "--batch-size 16 --lora-rank 8" in text_of(home.query_one("#detail"))
+
+
+async def test_modes_switch_and_the_headless_command_copies():
+    from coati_tui.screens.home import HomeScreen
+    from coati_tui.screens.modes import ChatModeScreen, RankModeScreen
+
+    app = CoatiApp()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("y")
+        assert app.clipboard == "coati-tui demo"
+        await pilot.press("f2")
+        assert isinstance(app.screen, ChatModeScreen)
+        assert "not built yet" in text_of(app.screen.query_one("#pending Static"))
+        await pilot.press("f3")
+        assert isinstance(app.screen, RankModeScreen)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HomeScreen) and app.screen.query_one("#plan", PlanTable).row_count == 5

@@ -102,3 +102,26 @@ def test_malformed_csv_row_and_preference_field(tmp_path):
     (tmp_path / "d.json").write_text('{"a": 1}')
     with pytest.raises(DataError, match="must hold a list"):
         load_sft(tmp_path / "d.json")
+
+
+def test_prompts_in_every_accepted_form(tmp_path):
+    from coati_tui.data.formats import DataError, load_prompts, sniff
+
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text("\n".join([
+        '{"messages": [{"from": "user", "content": "请列出三种水果。"}, {"from": "assistant", "content": "苹果"}]}',
+        '{"prompt": "List three fruits."}',
+        '{"instruction": "Translate", "input": "你好"}',
+    ]) + "\n", encoding="utf-8")
+    got = load_prompts(jsonl)
+    assert got[0] == [{"role": "user", "content": "请列出三种水果。"}]  # a trailing answer is dropped
+    assert got[1] == [{"role": "user", "content": "List three fruits."}]
+    assert got[2][0]["content"] == "Translate\n\n你好"
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("id,prompt\n1,你好\n2,Hello there\n", encoding="utf-8")
+    assert [m[-1]["content"] for m in load_prompts(csv)] == ["你好", "Hello there"]
+    assert sniff(csv)[:2] == ("prompts", 2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"messages": [{"from": "assistant", "content": "no question"}]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2, field 'messages': a prompt must end with a user"):
+        load_prompts(bad)

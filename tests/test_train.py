@@ -1,7 +1,6 @@
 """The trainer as users run it: `coati-tui train ... --json`, a real child process, real files."""
 
 import importlib.util
-import json
 import os
 import signal
 import subprocess

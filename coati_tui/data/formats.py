@@ -211,27 +211,24 @@ def preference_pair(rec: dict, path="<data>", where=None) -> Pair:
     return Pair(prompt, chosen, rejected)
 
 
-def load_sft(path: str | Path, limit: int = 0) -> list[list[dict]]:
-    """Every record of an SFT file in normal form; the first bad record stops with a DataError."""
+def _load(path: str | Path, limit: int, parse) -> list:
+    """Every record through ``parse`` (to normal form); the first bad record stops with a DataError."""
     out = []
     for where, rec in iter_records(path):
-        out.append(sft_messages(rec, path, where))
+        out.append(parse(rec, path, where))
         if limit and len(out) >= limit:
             break
     if not out:
         raise DataError(path, None, None, "no records")
     return out
+
+
+def load_sft(path: str | Path, limit: int = 0) -> list[list[dict]]:
+    return _load(path, limit, sft_messages)
 
 
 def load_preferences(path: str | Path, limit: int = 0) -> list[Pair]:
-    out = []
-    for where, rec in iter_records(path):
-        out.append(preference_pair(rec, path, where))
-        if limit and len(out) >= limit:
-            break
-    if not out:
-        raise DataError(path, None, None, "no records")
-    return out
+    return _load(path, limit, preference_pair)
 
 
 def prompt_messages(rec: dict, path="<data>", where=None) -> list[dict]:
@@ -264,14 +261,7 @@ def prompt_messages(rec: dict, path="<data>", where=None) -> list[dict]:
 
 
 def load_prompts(path: str | Path, limit: int = 0) -> list[list[dict]]:
-    out = []
-    for where, rec in iter_records(path):
-        out.append(prompt_messages(rec, path, where))
-        if limit and len(out) >= limit:
-            break
-    if not out:
-        raise DataError(path, None, None, "no records")
-    return out
+    return _load(path, limit, prompt_messages)
 
 
 def sniff(path: str | Path, preview: int = 3) -> tuple[str, int, list]:

@@ -43,6 +43,18 @@ def ensure_template(tokenizer, fallback: str | None = None) -> str:
                         + " or --template ".join(FALLBACK_TEMPLATES))
 
 
+def load_tokenizer(model: str, fallback: str | None = None):
+    """(tokenizer, where its chat template came from): the model's tokenizer with a chat template (its
+    own, or the named fallback) and a pad token (EOS when it has none). Imports transformers."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    source = ensure_template(tokenizer, fallback)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, source
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 

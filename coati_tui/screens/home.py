@@ -36,16 +36,18 @@ class HomeScreen(Screen):
         Binding("p", "train('ppo')", "Train PPO", id="train_ppo"),
         Binding("g", "demo", "Demo", id="demo"),
         Binding("u", "runs", "Runs", id="runs"),
+        Binding("y", "copy_command", "Copy command", id="copy"),
     ]
 
     def __init__(self, model: str | None = None) -> None:
         super().__init__()
-        self.model = model or DEMO
+        self.model = model  # None: the app's --model, else the demo (resolved in compose)
         self.profile = None
         self.show_breakdown = False
         self.overrides: dict = {}  # hyperparameters edited in Settings (e), applied to the run and the plan
 
     def compose(self) -> ComposeResult:
+        self.model = self.model or getattr(self.app, "model", None) or DEMO
         yield Header()
         with VerticalScroll(id="home"):
             yield MachinePanel(id="machine")
@@ -115,6 +117,14 @@ class HomeScreen(Screen):
                 self._plan()
 
         self.app.push_screen(SettingsScreen(table.presets[name], self.overrides), applied)
+
+    def action_copy_command(self) -> None:
+        """The headless command of the highlighted preset, to the clipboard (OSC 52 terminals)."""
+        text = self.query_one("#detail", Static).render()
+        plain = str(text).split("Headless: ", 1)[-1].split("  (g runs", 1)[0].strip()
+        if plain:
+            self.app.copy_to_clipboard(plain)
+            self.notify(plain, title="Copied")
 
     def action_focus_data(self) -> None:
         self.query_one("#data-input", Input).focus()

@@ -305,10 +305,8 @@ class SeparateReward:
 def main(run_dir: str | Path) -> None:
     with Run(run_dir) as run:
         import torch
-        from transformers import AutoTokenizer
-
         from coati_tui.data import formats
-        from coati_tui.data.tokenize import end_token, ensure_template, prepare_sft, render
+        from coati_tui.data.tokenize import end_token, load_tokenizer, prepare_sft, render
         from coati_tui.train import strategy as strat
 
         cfg, preset, pp = run.cfg, run.cfg.preset, run.cfg.preset.ppo
@@ -318,10 +316,7 @@ def main(run_dir: str | Path) -> None:
                               "or qlora_naive (memory-lean), or lora_naive with --lora-rank 0 (full fine-tune)")
         torch.manual_seed(cfg.seed)
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        template = ensure_template(tokenizer, cfg.template or None)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer, template = load_tokenizer(cfg.model, cfg.template or None)
         end_id, _ = end_token(tokenizer)
         stop_ids = sorted({end_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
         pad_id = tokenizer.pad_token_id

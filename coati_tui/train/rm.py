@@ -20,10 +20,8 @@ def main(run_dir: str | Path) -> None:
     with Run(run_dir) as run:
         import torch
         import torch.nn.functional as F
-        from transformers import AutoTokenizer
-
         from coati_tui.data import formats
-        from coati_tui.data.tokenize import end_token, ensure_template, prepare_pairs
+        from coati_tui.data.tokenize import end_token, load_tokenizer, prepare_pairs
         from coati_tui.train import strategy as strat
         from coati_tui.train.sft import _save_final
 
@@ -31,10 +29,7 @@ def main(run_dir: str | Path) -> None:
         strat.check_requirements(preset)
         torch.manual_seed(cfg.seed)
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        template = ensure_template(tokenizer, cfg.template or None)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer, template = load_tokenizer(cfg.model, cfg.template or None)
         end_id, _ = end_token(tokenizer)
         pairs = formats.load_preferences(cfg.data, cfg.max_datasets_size)
         examples, stats = prepare_pairs(tokenizer, pairs, preset.train.max_len, cfg.data)
@@ -83,16 +78,14 @@ def main(run_dir: str | Path) -> None:
                     "loss": float(-F.logsigmoid(c - r).mean()), "pairs": len(held)}
 
         def save_final(model, folder: Path, weights: Path | None):
-            extra = None
+            adapter = None
             if hasattr(model, "merge_and_unload") and not preset.quant.bits:
                 # the adapter too: PPO puts it on the actor's base when both come from the same model
                 adapter = folder.with_name(folder.name + ".adapter")
                 model.save_pretrained(adapter)
-
-                def extra(tmp: Path) -> None:
-                    adapter.rename(tmp / "adapter")
                 model = model.merge_and_unload()
-            _save_final(model, tokenizer, folder, end_id, stage="rm", base=cfg.model, weights=weights, extra=extra)
+            _save_final(model, tokenizer, folder, end_id, stage="rm", base=cfg.model, weights=weights,
+                        extra=(lambda tmp: adapter.rename(tmp / "adapter")) if adapter else None)
 
         run.loop(model=prepared.model, strategy=strategy, train_set=train_set, collate=collate,
                  loss_fn=loss_fn, evaluate=evaluate if held else None,

@@ -20,10 +20,8 @@ from coati_tui.train.common import Run, pad, split
 def main(run_dir: str | Path) -> None:
     with Run(run_dir) as run:
         import torch
-        from transformers import AutoTokenizer
-
         from coati_tui.data import formats
-        from coati_tui.data.tokenize import end_token, ensure_template, prepare_sft
+        from coati_tui.data.tokenize import end_token, load_tokenizer, prepare_sft
         from coati_tui.train import strategy as strat
 
         cfg, preset = run.cfg, run.cfg.preset
@@ -31,10 +29,7 @@ def main(run_dir: str | Path) -> None:
         torch.manual_seed(cfg.seed)
 
         # data first: nothing starts half-prepared
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        template = ensure_template(tokenizer, cfg.template or None)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer, template = load_tokenizer(cfg.model, cfg.template or None)
         conversations = formats.load_sft(cfg.data, cfg.max_datasets_size)
         examples, stats = prepare_sft(tokenizer, conversations, preset.train.max_len, cfg.data)
         if cfg.eval_data:

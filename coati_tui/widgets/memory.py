@@ -46,6 +46,7 @@ class MemoryPanel(Static):
         t.add_column()
         if "gpu_allocated" in step and self.gpu_total:
             t.add_row("GPU", bar(step["gpu_allocated"], self.gpu_total))
+            t.add_row("rsvd", bar(step.get("gpu_reserved", 0), self.gpu_total))
             t.add_row("peak", bar(step.get("gpu_peak", 0), self.gpu_total))
             t.add_row("", sparkline(self.history["GPU"] or [step["gpu_allocated"]], width + 14))
         t.add_row("RSS", bar(step["cpu_rss"], self.ram_total or step["cpu_rss"]))
