@@ -25,18 +25,18 @@ DEMO = "demo"
 
 
 class HomeScreen(Screen):
-    BINDINGS = [
-        Binding("r", "refresh_profile", "Re-profile", id="refresh"),
-        Binding("m", "focus_model", "Model", id="model"),
-        Binding("b", "toggle_breakdown", "Breakdown", id="breakdown"),
-        Binding("e", "settings", "Settings", id="settings"),
-        Binding("d", "focus_data", "Data", id="data"),
-        Binding("s", "train('sft')", "Train SFT", id="train_sft"),
-        Binding("w", "train('rm')", "Train RM", id="train_rm"),
-        Binding("p", "train('ppo')", "Train PPO", id="train_ppo"),
+    BINDINGS = [  # footer order: what a first-time user needs first (the palette has them all)
         Binding("g", "demo", "Demo", id="demo"),
+        Binding("m", "focus_model", "Model", id="model"),
+        Binding("d", "focus_data", "Data", id="data"),
+        Binding("s", "train('sft')", "SFT", id="train_sft"),
+        Binding("w", "train('rm')", "RM", id="train_rm"),
+        Binding("p", "train('ppo')", "PPO", id="train_ppo"),
         Binding("u", "runs", "Runs", id="runs"),
+        Binding("e", "settings", "Settings", id="settings"),
+        Binding("b", "toggle_breakdown", "Breakdown", id="breakdown"),
         Binding("y", "copy_command", "Copy command", id="copy"),
+        Binding("r", "refresh_profile", "Re-profile", id="refresh"),
     ]
 
     def __init__(self, model: str | None = None) -> None:
