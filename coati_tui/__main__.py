@@ -1,3 +1,3 @@
-from coati_tui.cli import main
+from coati_tui.entry import main
 
 main()
