@@ -384,6 +384,55 @@ def _demo_report(results: dict[str, list[dict]], console) -> int:
 
 
 @app.command()
+def generate(
+    model: str = typer.Argument(..., help="model folder, run folder (its final/) or cached hub id"),
+    prompt: str = typer.Option(..., "--prompt", help="the user's message"),
+    system: str = typer.Option("", "--system", help="a system prompt"),
+    quant: str = typer.Option("none", "--quant", help="none | 8bit | 4bit (bitsandbytes); GPTQ folders load as they are"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy"),
+    top_p: float = typer.Option(0.9, "--top-p", min=0.01, max=1.0),
+    top_k: int = typer.Option(0, "--top-k", min=0),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.1),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the worker's events (JSON lines)"),
+) -> None:
+    """Answer one prompt headless (for scripts), through the same generation worker the chat pane uses."""
+    from coati_tui import events
+    from coati_tui.generate.worker import QUANTS, spawn
+
+    if quant not in QUANTS:
+        _fail(f"--quant must be one of {', '.join(QUANTS)}")
+    proc = spawn(model, quant)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    request = {"op": "generate", "id": "1", "messages": messages, "max_new_tokens": max_new_tokens,
+               "temperature": temperature, "top_p": top_p, "top_k": top_k,
+               "repetition_penalty": repetition_penalty, "seed": seed}
+    code = 1
+    for ev in events.follow(proc.stdout):
+        if as_json:
+            print(json.dumps(ev, ensure_ascii=False), flush=True)
+        if ev["type"] == "loaded":
+            proc.stdin.write(json.dumps(request, ensure_ascii=False) + "\n")
+            proc.stdin.flush()
+        elif ev["type"] == "token" and not as_json:
+            print(ev["text"], end="", flush=True)
+        elif ev["type"] == "answer":
+            if not as_json:
+                print()
+            code = 0
+            break
+        elif ev["type"] == "error":
+            if not as_json:
+                typer.secho(f"error ({ev['kind']}): {ev['message']}", fg=typer.colors.RED, err=True)
+            code = 2 if ev["kind"] == "config" else 1
+            break
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    raise typer.Exit(code)
+
+
+@app.command()
 def tiny(
     out: Path = typer.Argument(..., help="folder to write"),
     reward: bool = typer.Option(False, "--reward", help="a one-label reward model instead of a causal LM"),

@@ -28,6 +28,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "log": ("level", "message"),
     "done": ("status", "step"),  # status: completed | cancelled
     "error": ("kind", "message", "log_tail"),
+    # the generation worker (coati_tui.generate): a model loaded, streamed pieces, a finished answer
+    "loaded": ("model", "device", "dtype", "quant", "memory_bytes", "load_s"),
+    "token": ("id", "text"),
+    "answer": ("id", "text", "tokens", "tokens_per_s", "stop"),  # stop: end_token | max_new_tokens | cancelled
 }
 ERROR_KINDS = ("gpu_oom", "cpu_oom", "data", "config", "missing_dependency", "crash")
 DONE_STATUSES = ("completed", "cancelled")

@@ -1,0 +1,5 @@
+import sys
+
+from coati_tui.generate.worker import main
+
+sys.exit(main())
