@@ -11,7 +11,8 @@ from textual.binding import Binding
 
 from coati_tui import __version__
 from coati_tui.screens.home import HomeScreen
-from coati_tui.screens.modes import ChatModeScreen, RankModeScreen
+from coati_tui.screens.chat import ChatScreen
+from coati_tui.screens.modes import RankModeScreen
 
 
 class CoatiApp(App):
@@ -22,12 +23,17 @@ class CoatiApp(App):
                 Binding("f1", "switch_mode('train')", "Train", show=False),
                 Binding("f2", "switch_mode('chat')", "Chat", show=False),
                 Binding("f3", "switch_mode('rank')", "Rank", show=False)]
-    MODES = {"train": HomeScreen, "chat": ChatModeScreen, "rank": RankModeScreen}
+    MODES = {"train": HomeScreen, "chat": ChatScreen, "rank": RankModeScreen}
     DEFAULT_MODE = "train"
 
-    def __init__(self, model: str | None = None) -> None:
-        self.model = model  # Home (the train mode's first screen) plans this model
+    def __init__(self, model: str | None = None, mode: str = "train", quant: str = "none") -> None:
+        self.model = model  # Home (the train mode's first screen) plans this model; Chat loads it
+        self.start_mode, self.quant = mode, quant
         super().__init__()
+
+    def on_mount(self) -> None:
+        if self.start_mode != "train":
+            self.switch_mode(self.start_mode)  # `coati-tui chat MODEL`: the chat screen loads the model
 
     def action_help(self) -> None:
         from coati_tui.screens.help import HelpScreen
@@ -46,5 +52,5 @@ class CoatiApp(App):
         yield SystemCommand("Help", "keys and how the loop works", self.action_help)
 
 
-def run_app(model: str | None = None) -> None:
-    CoatiApp(model=model).run()
+def run_app(model: str | None = None, mode: str = "train", quant: str = "none") -> None:
+    CoatiApp(model=model, mode=mode, quant=quant).run()

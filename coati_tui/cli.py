@@ -384,6 +384,23 @@ def _demo_report(results: dict[str, list[dict]], console) -> int:
 
 
 @app.command()
+def chat(
+    model: str = typer.Argument(..., help="model folder, run folder (its final/) or cached hub id"),
+    quant: str = typer.Option("none", "--quant", help="none | 8bit | 4bit (bitsandbytes); GPTQ folders load as they are"),
+) -> None:
+    """Open the app on its chat screen with this model loaded (in a child process)."""
+    from coati_tui import hardware
+    from coati_tui.generate.worker import QUANTS
+
+    if quant not in QUANTS:
+        _fail(f"--quant must be one of {', '.join(QUANTS)}")
+    hardware.profile_early()
+    from coati_tui.app import run_app
+
+    run_app(model=model, mode="chat", quant=quant)
+
+
+@app.command()
 def generate(
     model: str = typer.Argument(..., help="model folder, run folder (its final/) or cached hub id"),
     prompt: str = typer.Option(..., "--prompt", help="the user's message"),

@@ -143,8 +143,9 @@ async def test_settings_edit_hyperparameters_with_help_and_reach_the_command():
 
 
 async def test_modes_switch_and_the_headless_command_copies():
+    from coati_tui.screens.chat import ChatScreen
     from coati_tui.screens.home import HomeScreen
-    from coati_tui.screens.modes import ChatModeScreen, RankModeScreen
+    from coati_tui.screens.modes import RankModeScreen
 
     app = CoatiApp()
     async with app.run_test(size=(100, 40)) as pilot:
@@ -152,9 +153,9 @@ async def test_modes_switch_and_the_headless_command_copies():
         await pilot.press("y")
         assert app.clipboard == "coati-tui demo"
         await pilot.press("f2")
-        assert isinstance(app.screen, ChatModeScreen)
-        assert "not built yet" in text_of(app.screen.query_one("#pending Static"))
+        assert isinstance(app.screen, ChatScreen)
         await pilot.press("f3")
         assert isinstance(app.screen, RankModeScreen)
+        assert "not built yet" in text_of(app.screen.query_one("#pending Static"))
         await pilot.press("f1")
         assert isinstance(app.screen, HomeScreen) and app.screen.query_one("#plan", PlanTable).row_count == 5

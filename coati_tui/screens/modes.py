@@ -1,4 +1,4 @@
-"""The Chat and Rank modes' screens until their panes are built: what each will do, and what works today."""
+"""The Rank mode's screen until its pane is built: what it will do, and what works today."""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ from textual.widgets import Footer, Header, Static
 from coati_tui import runs
 
 TEXT = {
-    "chat": ("Chat", "Talk to a run's model, loaded 4-bit or 8-bit, with its chat template and streaming.",
-             "The chat pane is not built yet. A finished run's final/ folder loads with transformers today:\n"
-             "  AutoPeftModelForCausalLM.from_pretrained(RUN/final)   (LoRA runs)\n"
-             "  AutoModelForCausalLM.from_pretrained(RUN/final)       (full fine-tunes)"),
     "rank": ("Rank", "Compare two answers side by side; your choices become the next reward model's data.",
              "The ranking pane is not built yet. Preference data for `coati-tui train rm` is ColossalChat's\n"
              '  {"context": [...], "chosen": [...], "rejected": [...]}  or TRL\'s {"prompt", "chosen", "rejected"}'),
@@ -42,11 +38,6 @@ class PendingModeScreen(Screen):
         for r in done[:10]:
             text.append(f"  {r['stage'] or '?':4s} {r['run']}/final\n", style="")
         self.query_one("#finished", Static).update(text)
-
-
-class ChatModeScreen(PendingModeScreen):
-    def __init__(self) -> None:
-        super().__init__("chat")
 
 
 class RankModeScreen(PendingModeScreen):

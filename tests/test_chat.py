@@ -1,0 +1,62 @@
+"""The chat screen driven by the Pilot on a tiny model: load through the generation worker (a real child),
+a round trip in Chinese, the transcript saved and reopened, a bad model path, and the app stays up."""
+
+import json
+import time
+
+from coati_tui.app import CoatiApp
+from coati_tui.screens.chat import ChatScreen
+
+
+async def wait_for(pilot, cond, timeout=90.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("timed out")
+
+
+async def test_chat_round_trip_saves_and_reopens_the_transcript(tiny_model):
+    app = CoatiApp(model=str(tiny_model), mode="chat")
+    async with app.run_test(size=(120, 40)) as pilot:
+        chat = app.screen
+        assert isinstance(chat, ChatScreen)
+        await wait_for(pilot, lambda: chat.loaded is not None)
+        assert chat.loaded["device"] == "cpu" and chat.loaded["quant"] == "none"
+        chat.query_one("#chat-max_new_tokens").value = "8"
+        chat.query_one("#chat-system").value = "简短回答。"
+        chat.query_one("#chat-input").value = "你好"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not chat.generating and len(chat.messages) == 2)
+        assert chat.messages[0] == {"role": "user", "content": "你好"} and chat.messages[1]["role"] == "assistant"
+        assert chat.last_answer["tokens"] <= 8
+        assert "tok/s" in str(chat.query_one("#chat-status").render())
+        lines = [json.loads(x) for x in chat.transcript.read_text(encoding="utf-8").splitlines()]
+        assert lines[0]["system"] == "简短回答。" and lines[1:] == chat.messages
+        saved = list(chat.messages)
+        await pilot.press("ctrl+r")  # regenerate replaces the last answer
+        await wait_for(pilot, lambda: not chat.generating and len(chat.messages) == 2)
+        await pilot.press("ctrl+n")
+        assert chat.messages == [] and not chat.query_one("#chat-log").children
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.2)
+        assert chat.messages[0] == saved[0] and len(chat.messages) == 2
+        assert chat.query_one("#chat-system").value == "简短回答。"
+
+
+async def test_a_bad_model_path_is_one_clear_error_and_the_app_keeps_working(tmp_path):
+    app = CoatiApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f2")
+        chat = app.screen
+        assert isinstance(chat, ChatScreen)
+        chat.query_one("#chat-model").value = str(tmp_path / "无")
+        await pilot.press("ctrl+l")
+        status = chat.query_one("#chat-status")
+        await wait_for(pilot, lambda: "no such folder" in str(status.render()))
+        chat.query_one("#chat-input").value = "hi"
+        await pilot.press("enter")  # nothing loaded: a notice, no crash
+        assert chat.messages == []
+        await pilot.press("f1")
+        assert type(app.screen).__name__ == "HomeScreen"
