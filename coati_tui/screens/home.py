@@ -68,7 +68,7 @@ class HomeScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#model-box").border_title = "Model"
         self.query_one("#plan").border_title = "Plan"
-        self.query_one("#plan").focus()
+        self.query_one("#plan").focus(scroll_visible=False)  # the screen opens at its top: the machine first
         self.action_refresh_profile()
         self._find_live_run()
 
