@@ -64,7 +64,7 @@ def write_ppo_run(folder: Path) -> Path:
 
 
 class SVG(SingleFileSnapshotExtension):
-    _file_extension = "svg"
+    file_extension = "svg"  # syrupy >= 5 (4.x read _file_extension)
     _write_mode = WriteMode.TEXT
 
 
