@@ -11,7 +11,6 @@ from textual.binding import Binding
 
 from coati_tui import __version__
 from coati_tui.screens.home import HomeScreen
-from coati_tui.screens.chat import ChatScreen
 from coati_tui.screens.modes import RankModeScreen
 
 
@@ -23,7 +22,7 @@ class CoatiApp(App):
                 Binding("f1", "switch_mode('train')", "Train", show=False),
                 Binding("f2", "switch_mode('chat')", "Chat", show=False),
                 Binding("f3", "switch_mode('rank')", "Rank", show=False)]
-    MODES = {"train": HomeScreen, "chat": ChatScreen, "rank": RankModeScreen}
+    MODES = {"train": HomeScreen, "chat": lambda: _chat_screen(), "rank": RankModeScreen}
     DEFAULT_MODE = "train"
 
     def __init__(self, model: str | None = None, mode: str = "train", quant: str = "none") -> None:
@@ -50,6 +49,13 @@ class CoatiApp(App):
                 yield SystemCommand(b.description, f"{type(screen).__name__.replace('Screen', '')} · key {b.key}",
                                     lambda s=screen, a=b.action: self.call_later(s.run_action, a))
         yield SystemCommand("Help", "keys and how the loop works", self.action_help)
+
+
+def _chat_screen():
+    """Imported on first use: the chat screen pulls in a Markdown parser (~70 ms) the first frame can skip."""
+    from coati_tui.screens.chat import ChatScreen
+
+    return ChatScreen()
 
 
 def run_app(model: str | None = None, mode: str = "train", quant: str = "none") -> None:

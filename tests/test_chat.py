@@ -2,19 +2,11 @@
 a round trip in Chinese, the transcript saved and reopened, a bad model path, and the app stays up."""
 
 import json
-import time
+
+from test_app_train import wait_for
 
 from coati_tui.app import CoatiApp
 from coati_tui.screens.chat import ChatScreen
-
-
-async def wait_for(pilot, cond, timeout=90.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError("timed out")
 
 
 async def test_chat_round_trip_saves_and_reopens_the_transcript(tiny_model):
