@@ -450,6 +450,50 @@ def generate(
 
 
 @app.command()
+def rank(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model A: a model or run folder"),
+    model_b: Optional[str] = typer.Option(None, "--model-b", help="model B (default: two samples of model A)"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="prompt file (default: your saved chats)"),
+    store: Optional[Path] = typer.Option(None, "--store", help="preference store (default: ~/coati-tui/prefs.sqlite)"),
+    annotator: Optional[str] = typer.Option(None, "--annotator", help="who is labeling (default: your user name)"),
+) -> None:
+    """Open the app on its ranking pane: compare two answers, label, export, train the next reward model."""
+    from coati_tui import hardware
+
+    hardware.profile_early()
+    from coati_tui.app import run_app
+
+    options = {"model": model, "model_b": model_b or "", "prompts": prompts or "", "annotator": annotator,
+               "store": str(store) if store else None, "start": bool(model)}
+    run_app(model=model, mode="rank", rank=options)
+
+
+export_app = typer.Typer(help="Write labels out for other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("prefs")
+def export_prefs(
+    store: Path = typer.Argument(..., help="the preference store (.sqlite) the ranking pane writes"),
+    fmt: str = typer.Option("coati", "--format", help="coati: ColossalChat's {context, chosen, rejected}; "
+                                                     "trl: TRL's {prompt, chosen, rejected} (conversational)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON lines file (default: STORE-FORMAT.jsonl beside it)"),
+) -> None:
+    """Export the pairs judged A or B (ties, skips and conflicting judgments are left out and counted)."""
+    from coati_tui import prefstore
+
+    if fmt not in ("coati", "trl"):
+        _fail("--format must be coati or trl")
+    out = out or store.with_name(f"{store.stem}-{fmt}.jsonl")
+    try:
+        n, left_out = prefstore.export(store, fmt, out)
+    except prefstore.StoreError as exc:
+        _fail(str(exc))
+    typer.echo(f"{n} pairs -> {out} (left out: {left_out['tie']} ties, {left_out['skip']} skipped, "
+               f"{left_out['conflict']} with conflicting judgments)")
+
+
+@app.command()
 def tiny(
     out: Path = typer.Argument(..., help="folder to write"),
     reward: bool = typer.Option(False, "--reward", help="a one-label reward model instead of a causal LM"),

@@ -175,8 +175,28 @@ def prepare(cfg, run_dir: Path | None = None) -> Path:
         formats.load_sft(cfg.ptx_data)
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg.stage, cfg.model)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = snapshot_stores(cfg, run_dir)
     cfg.write(run_dir)
     return run_dir
+
+
+def snapshot_stores(cfg, run_dir: Path):
+    """A preference store (.sqlite) keeps growing while the user labels; the run trains on (and resumes
+    with) the labels as they were at its start: ``prefs-<store>.jsonl`` in the run folder, which the
+    config then names. Nothing changes for other data files."""
+    import dataclasses
+
+    from coati_tui import prefstore
+
+    changes = {}
+    for field in ("data", "eval_data"):
+        value = getattr(cfg, field)
+        if value and prefstore.is_store_path(value) and Path(value).expanduser().is_file():
+            out = Path(run_dir) / f"prefs-{Path(value).stem}{'-eval' if field == 'eval_data' else ''}.jsonl"
+            if not out.exists():  # a resumed run keeps its first snapshot
+                prefstore.export(value, "coati", out)
+            changes[field] = str(out)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def retry_with(run_dir: Path, preset_name: str) -> tuple[Path, bool]:

@@ -13,8 +13,9 @@ Alpaca / InstructionWild ``{"instruction", "input", "output"}``, ``{"prompt", "r
 Accepted preference records: ColossalChat ``{"context": [...], "chosen": [...], "rejected": [...]}``,
 TRL ``{"prompt", "chosen", "rejected"}`` (strings or message lists), and TRL's implicit-prompt form
 (``chosen`` and ``rejected`` are whole conversations sharing their opening).
-Files: .json (a list), .jsonl, .csv (message lists as JSON text in a cell), .parquet, and folders saved
-with ``datasets.Dataset.save_to_disk``.
+Files: .json (a list), .jsonl, .csv (message lists as JSON text in a cell), .parquet, folders saved
+with ``datasets.Dataset.save_to_disk``, and the ranking pane's preference store (.sqlite: its A/B
+judgments as ColossalChat records; ties, skips and conflicting judgments left out).
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
         yield from _iter_dataset_dir(path)
         return
     suffix = path.suffix.lower()
+    if suffix in (".sqlite", ".sqlite3", ".db"):  # the ranking pane's preference store: its A/B judgments
+        from coati_tui.prefstore import Store, StoreError
+
+        try:
+            with Store(path, create=False) as store:
+                records, _ = store.preferences()
+        except StoreError as exc:
+            raise DataError(path, None, None, str(exc).removeprefix(f"{path}: ")) from exc
+        for n, rec in enumerate(records, 1):
+            yield f"pair {n}", rec
+        return
     if suffix == ".jsonl":
         with path.open(encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
@@ -90,8 +102,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
         for n, rec in enumerate(pq.read_table(path).to_pylist(), 1):
             yield f"row {n}", rec
     else:
-        raise DataError(path, None, None, f"unknown data format {suffix!r} (use .jsonl, .json, .csv, .parquet "
-                                          "or a datasets folder)")
+        raise DataError(path, None, None, f"unknown data format {suffix!r} (use .jsonl, .json, .csv, .parquet, "
+                                          "a datasets folder or a .sqlite preference store)")
 
 
 def _iter_dataset_dir(path: Path) -> Iterator[tuple[str, dict]]:
