@@ -11,7 +11,6 @@ from textual.binding import Binding
 
 from coati_tui import __version__
 from coati_tui.screens.home import HomeScreen
-from coati_tui.screens.modes import RankModeScreen
 
 
 class CoatiApp(App):
@@ -22,12 +21,14 @@ class CoatiApp(App):
                 Binding("f1", "switch_mode('train')", "Train", show=False),
                 Binding("f2", "switch_mode('chat')", "Chat", show=False),
                 Binding("f3", "switch_mode('rank')", "Rank", show=False)]
-    MODES = {"train": HomeScreen, "chat": lambda: _chat_screen(), "rank": RankModeScreen}
+    MODES = {"train": HomeScreen, "chat": lambda: _chat_screen(), "rank": lambda: _rank_screen()}
     DEFAULT_MODE = "train"
 
-    def __init__(self, model: str | None = None, mode: str = "train", quant: str = "none") -> None:
+    def __init__(self, model: str | None = None, mode: str = "train", quant: str = "none",
+                 rank: dict | None = None) -> None:
         self.model = model  # Home (the train mode's first screen) plans this model; Chat loads it
         self.start_mode, self.quant = mode, quant
+        self.rank_options = rank or {}  # `coati-tui rank`: store, second model, prompts, annotator
         super().__init__()
 
     def on_mount(self) -> None:
@@ -58,5 +59,11 @@ def _chat_screen():
     return ChatScreen()
 
 
-def run_app(model: str | None = None, mode: str = "train", quant: str = "none") -> None:
-    CoatiApp(model=model, mode=mode, quant=quant).run()
+def _rank_screen():
+    from coati_tui.screens.rank import RankScreen
+
+    return RankScreen()
+
+
+def run_app(model: str | None = None, mode: str = "train", quant: str = "none", rank: dict | None = None) -> None:
+    CoatiApp(model=model, mode=mode, quant=quant, rank=rank).run()

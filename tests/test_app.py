@@ -145,7 +145,7 @@ async def test_settings_edit_hyperparameters_with_help_and_reach_the_command():
 async def test_modes_switch_and_the_headless_command_copies():
     from coati_tui.screens.chat import ChatScreen
     from coati_tui.screens.home import HomeScreen
-    from coati_tui.screens.modes import RankModeScreen
+    from coati_tui.screens.rank import RankScreen
 
     app = CoatiApp()
     async with app.run_test(size=(100, 40)) as pilot:
@@ -155,7 +155,7 @@ async def test_modes_switch_and_the_headless_command_copies():
         await pilot.press("f2")
         assert isinstance(app.screen, ChatScreen)
         await pilot.press("f3")
-        assert isinstance(app.screen, RankModeScreen)
-        assert "not built yet" in text_of(app.screen.query_one("#pending Static"))
+        assert isinstance(app.screen, RankScreen)
+        assert "No pair to judge yet" in text_of(app.screen.query_one("#rank-prompt"))
         await pilot.press("f1")
         assert isinstance(app.screen, HomeScreen) and app.screen.query_one("#plan", PlanTable).row_count == 5

@@ -45,6 +45,7 @@ class HomeScreen(Screen):
         self.profile = None
         self.show_breakdown = False
         self.overrides: dict = {}  # hyperparameters edited in Settings (e), applied to the run and the plan
+        self.then = ""  # a stage to start as soon as the plan is ready (prefill)
 
     def compose(self) -> ComposeResult:
         self.model = self.model or getattr(self.app, "model", None) or DEMO
@@ -169,12 +170,13 @@ class HomeScreen(Screen):
         self.app.push_screen(TrainScreen(live[0] if live else None, start=not live, gpu_total=gpu, ram_total=ram,
                                          demo=True))
 
-    def prefill(self, model: str, reward: str = "", hint: str = "") -> None:
-        """Set up the next stage from an earlier run's output (the Runs screen's "next stage")."""
+    def prefill(self, model: str, reward: str = "", hint: str = "", data: str = "", then: str = "") -> None:
+        """Set up the next stage from an earlier run's output (the Runs screen's "next stage"); ``then``
+        (a stage) starts it with the planner's pick once the plan is made (the Rank pane's "train RM")."""
         self.query_one("#model-input", Input).value = model
         self.query_one("#reward-input", Input).value = reward
-        self.query_one("#data-input", Input).value = ""
-        self.model = model
+        self.query_one("#data-input", Input).value = data
+        self.model, self.then = model, then
         self._plan()
         self.query_one("#data-input", Input).focus()
         if hint:
@@ -307,6 +309,9 @@ class HomeScreen(Screen):
             f"{name}: {result.model_type}, {fmt_count(result.params)} parameters{exact}")
         self.query_one("#plan", PlanTable).show(result, loaded)
         self._show_detail()
+        if self.then:
+            stage, self.then = self.then, ""
+            self.action_train(stage)
 
     def _show_detail(self) -> None:
         table = self.query_one("#plan", PlanTable)

@@ -44,7 +44,7 @@ class RunsScreen(Screen):
 
         self.app.push_screen(TrainScreen(Path(event.row_key.value)))
 
-    def action_next_stage(self) -> None:
+    async def action_next_stage(self) -> None:
         import json
 
         from coati_tui.screens.home import HomeScreen
@@ -59,9 +59,13 @@ class RunsScreen(Screen):
             self.notify(f"{run.name} has no final model yet (status: {info['status']}).", severity="warning")
             return
         final = run / "final"
-        if info["stage"] == "ppo":
-            self.notify(f"The PPO model is ready: {final}. It loads like any model folder; the chat and "
-                        "ranking panes are not built yet.", timeout=10)
+        if info["stage"] == "ppo":  # the loop's next step: talk to it (Chat), then compare its answers (Rank)
+            await self.app.switch_mode("chat")
+            chat = self.app.screen
+            chat.query_one("#chat-model").value = str(final)
+            chat.action_load()
+            self.notify(f"Chat with {run.name}; F3 Rank compares its answers and labels them for the next "
+                        "reward model.", timeout=10)
             return
         while not isinstance(self.app.screen, HomeScreen):
             self.app.pop_screen()
