@@ -219,3 +219,22 @@ def test_two_processes_writing_one_file_do_not_corrupt_it(tmp_path):
     assert s.stats()["annotators"] == {"ann": 150, "bob": 150}
     assert sum(len(o.splitlines()) for o in outs) == 300 == s.stats()["labeled"]
     assert len(s.preferences()[0]) == 300
+
+
+def test_trl_reward_trainer_prepares_the_trl_export(tmp_path, tiny_reward_model):
+    """TRL's own data preparation accepts the export (where trl is installed; CI's default stack has it)."""
+    trl = pytest.importorskip("trl")
+    import datasets
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    filled(tmp_path / "p.sqlite")[0].close()
+    prefstore.export(tmp_path / "p.sqlite", "trl", tmp_path / "trl.jsonl")
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "trl.jsonl"), split="train")
+    tok = AutoTokenizer.from_pretrained(tiny_reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model)
+    args = trl.RewardConfig(output_dir=str(tmp_path / "out"), report_to=[], max_length=256, use_cpu=True)
+    trainer = trl.RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    prepared = trainer.train_dataset
+    assert prepared.num_rows == 2 and {"chosen_ids", "rejected_ids"} <= set(prepared.column_names)
+    first = tok.decode(prepared[0]["chosen_ids"])
+    assert "请列出三种水果。" in first and "苹果、香蕉、橙子" in first

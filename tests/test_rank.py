@@ -31,7 +31,7 @@ async def test_a_labeling_session_stores_choices_undo_notes_and_exports(tiny_mod
         await wait_for(pilot, lambda: rank.current is not None, timeout=120)
         first = rank.current
         assert first.prompt[-1]["content"] in ("请列出三种水果。", "List three fruits.", "你好", "Say hi.")
-        assert rank.query_one("#rank-a").source == (first.left or "*(empty answer)*")
+        assert rank.query_one("#rank-a").content.markup == (first.left or "*(empty answer)*")
         # the next pairs are written in the background while this one is on screen
         await wait_for(pilot, lambda: len(rank.store.pending("标注员")) >= 2, timeout=120)
         await pilot.press("a")

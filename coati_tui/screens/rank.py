@@ -19,13 +19,14 @@ import time
 from collections import deque
 from pathlib import Path
 
+from rich.markdown import Markdown
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Markdown, Static
+from textual.widgets import Footer, Header, Input, Static
 
 from coati_tui import events, paths, prefstore
 from coati_tui.data.formats import DataError, load_prompts
@@ -152,9 +153,9 @@ class RankScreen(Screen):
         yield Static("", id="rank-prompt")
         with PairArea(id="rank-pair"):
             with VerticalScroll(id="rank-left", classes="answer"):
-                yield Markdown("", id="rank-a")
+                yield Static("", id="rank-a")
             with VerticalScroll(id="rank-right", classes="answer"):
-                yield Markdown("", id="rank-b")
+                yield Static("", id="rank-b")
         yield Input(id="rank-note", compact=True, placeholder="n: a note for the next judgment")
         yield Input(id="rank-typed", compact=True, placeholder="type a prompt; enter puts it next in line")
         yield Footer()
@@ -247,14 +248,16 @@ class RankScreen(Screen):
             self.query_one("#rank-prompt", Static).update(Text(
                 "No pair to judge yet. Give model A (and B) and press ctrl+l to generate pairs from the prompt file "
                 "or your chat history; type prompts in the line at the bottom.", style="dim"))
-            self.query_one("#rank-a", Markdown).update("")
-            self.query_one("#rank-b", Markdown).update("")
+            self.query_one("#rank-a", Static).update("")
+            self.query_one("#rank-b", Static).update("")
         else:
             self.current = self.store.pair(pair_id)
             self.shown_at = time.perf_counter()
             self.query_one("#rank-prompt", Static).update(_prompt_text(self.current.prompt))
-            self.query_one("#rank-a", Markdown).update(self.current.left or "*(empty answer)*")
-            self.query_one("#rank-b", Markdown).update(self.current.right or "*(empty answer)*")
+            # Rich's Markdown renders in this frame (Textual's Markdown widget parses in a thread and mounts
+            # later): the next pair is whole on the first refresh after the key
+            self.query_one("#rank-a", Static).update(Markdown(self.current.left or "*(empty answer)*"))
+            self.query_one("#rank-b", Static).update(Markdown(self.current.right or "*(empty answer)*"))
             self.query_one("#rank-left").scroll_home(animate=False)
             self.query_one("#rank-right").scroll_home(animate=False)
         self._status()
