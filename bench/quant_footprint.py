@@ -6,8 +6,10 @@ Builds a ~110M-parameter Llama from a config (vocab 32000, random weights; width
 bitsandbytes' CPU kernels need) with the tiny trained tokenizer, then for each of fp32, bf16, int8
 (bitsandbytes LLM.int8) and nf4 (bitsandbytes, double quant) in a fresh process: `generate.worker.load`,
 the model's parameter + buffer bytes, the process's peak RSS, and decode tokens/s for one prompt, greedy,
---new tokens forced (best of 2). GPTQ needs gptqmodel and a quantize step: not measured here (see
-bench/RESULTS.md). On a GPU the same command measures CUDA.
+--new tokens forced (best of 2). Where gptqmodel is installed (`pip install 'coati-tui[gptq]'`), a GPTQ
+row too: `coati-tui quantize --bits 4 --group-size 128` on 32 bilingual calibration conversations (its
+time is printed), then the same measurement of the checkpoint it wrote. On a GPU the same command
+measures CUDA.
 """
 
 from __future__ import annotations
@@ -75,8 +77,27 @@ def main() -> None:
         del model
         print(f"model: Llama {n / 1e6:.0f}M params (hidden {args.hidden}, {args.layers} layers, vocab 32000); "
               f"one prompt, {args.new} new tokens greedy, best of 2; torch threads {torch.get_num_threads()}")
-        for name, quant, dtype in MODES:
-            proc = subprocess.run([sys.executable, __file__, "--new", str(args.new), "--measure", tmp, quant, dtype],
+        modes = list(MODES)
+        import importlib.util
+
+        if importlib.util.find_spec("gptqmodel"):
+            calib = Path(tmp) / "calib.jsonl"
+            rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                    for q, a in (("List three fruits.", "Apple, pear and fig."), ("请列出三种水果。", "苹果、香蕉、橙子。"),
+                                 ("What is 2 + 3?", "2 + 3 = 5."), ("北京是哪个国家的首都？", "北京是中国的首都。"))] * 8
+            calib.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            t0 = time.perf_counter()
+            q = subprocess.run([sys.executable, "-m", "coati_tui", "quantize", tmp, "--calib", str(calib),
+                                "--out", tmp + "/gptq"], capture_output=True, text=True, env=child_env())
+            if q.returncode:
+                print(f"gptq : quantize failed: {q.stderr.strip().splitlines()[-1][:160]}")
+            else:
+                print(f"gptq : `coati-tui quantize --bits 4 --group-size 128` took {time.perf_counter() - t0:.0f} s "
+                      f"(32 calibration conversations, {torch.get_num_threads()} torch threads)")
+                modes.append(("gptq", "none", "auto"))
+        for name, quant, dtype in modes:
+            folder = tmp + "/gptq" if name == "gptq" else tmp
+            proc = subprocess.run([sys.executable, __file__, "--new", str(args.new), "--measure", folder, quant, dtype],
                                   capture_output=True, text=True, env=child_env())
             if proc.returncode:
                 print(f"{name:5s}: failed: {proc.stderr.strip().splitlines()[-1][:160]}")

@@ -450,6 +450,45 @@ def generate(
 
 
 @app.command()
+def quantize(
+    model: str = typer.Argument(..., help="model folder, run folder (its final/) or cached hub id"),
+    bits: int = typer.Option(4, "--bits", help="2, 3, 4 or 8"),
+    group_size: int = typer.Option(128, "--group-size", help="weights per scale (-1: one per row)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="calibration data (default: the run's own training data)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: MODEL-gptq-4bit-g128 beside it)"),
+    samples: int = typer.Option(128, "--samples", min=1, help="calibration texts"),
+    max_len: int = typer.Option(512, "--max-len", min=16, help="tokens per calibration text"),
+) -> None:
+    """Write a GPTQ checkpoint with gptqmodel that plain transformers, `chat` and `generate` load."""
+    import time
+
+    from rich.console import Console
+
+    from coati_tui import quantize as q
+
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] {message}")
+
+    try:
+        out_dir = q.quantize(model, bits, group_size, calib, str(out) if out else None, samples, max_len, say)
+    except q.QuantizeError as exc:
+        _fail(str(exc))
+    say("checking that it loads as users will load it (the generation worker's loader)")
+    from coati_tui.generate.worker import WorkerError, load
+
+    try:
+        _, _, info = load(str(out_dir))
+    except WorkerError as exc:
+        _fail(f"{out_dir} was written but does not load: {exc}", 1)
+    say(f"[green]done[/]: {out_dir} ({info['quant']}, weights {q.folder_bytes(out_dir) / 2**20:.1f} MiB on disk, "
+        f"{info['memory_bytes'] / 2**20:.1f} MiB loaded on {info['device']})")
+    typer.echo(str(out_dir))
+
+
+@app.command()
 def rank(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model A: a model or run folder"),
     model_b: Optional[str] = typer.Option(None, "--model-b", help="model B (default: two samples of model A)"),

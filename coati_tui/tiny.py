@@ -84,7 +84,9 @@ def config_dict(vocab_size: int = 1024, layers: int = 2, hidden: int = 64, heads
         "model_type": "llama",
         "vocab_size": vocab_size,
         "hidden_size": hidden,
-        "intermediate_size": intermediate or hidden * 11 // 4,
+        # ~2.75x hidden, rounded up to a multiple of 64: the 4-bit CPU kernels (bitsandbytes NF4, GPTQ's
+        # int4 matmul) need whole groups of 64 per row, so the demo quantizes and chats in 4-bit on a CPU
+        "intermediate_size": intermediate or -(-hidden * 11 // 4 // 64) * 64,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,

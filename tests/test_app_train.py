@@ -89,7 +89,6 @@ async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(
 
     from coati_tui.tiny import build_tiny_model
 
-    # bitsandbytes' CPU inference kernel wants linear widths in multiples of 64 (the tiny default is 176)
     model = build_tiny_model(tmp_path / "model", intermediate=256)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
     run = tmp_path / "run"

@@ -142,3 +142,25 @@ def test_runs_screen(snap, fixed, size):
         await _settle(pilot)
 
     assert screenshot(size, run_before) == snap
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")  # stacked at 80, side by side at 160
+def test_rank_screen(snap, fixed, size, monkeypatch):
+    from coati_tui.prefstore import Store
+
+    monkeypatch.setenv("COATI_TUI_ANNOTATOR", "ann")
+    store = Store(fixed / "prefs.sqlite")
+    done = store.add_pair(store.add_prompt([{"role": "user", "content": "List three fruits."}], "typed"),
+                          {"text": "Apple, pear, fig.", "model": "m"}, {"text": "Rock.", "model": "m"}, swapped=False)
+    store.judge(done, "A", "ann")
+    prompt = store.add_prompt([{"role": "user", "content": "用 Python 写出三种水果。"}], "typed")
+    store.add_pair(prompt, {"text": "```python\nfruits = [\"苹果\", \"香蕉\", \"橙子\"]\n```", "model": "m"},
+                   {"text": "**三种水果**：苹果、梨、桃。", "model": "m"}, swapped=True)
+    store.close()
+
+    async def run_before(pilot):
+        await _settle(pilot)
+        await pilot.press("f3")
+        await _settle(pilot)
+
+    assert screenshot(size, run_before) == snap
