@@ -386,7 +386,7 @@ def _demo_report(results: dict[str, list[dict]], console) -> int:
 @app.command()
 def chat(
     model: str = typer.Argument(..., help="model folder, run folder (its final/) or cached hub id"),
-    quant: str = typer.Option("none", "--quant", help="none | 8bit | 4bit (bitsandbytes); GPTQ folders load as they are"),
+    quant: str = typer.Option("none", "--quant", help="none | 8bit | 4bit (bitsandbytes) | gptq (a `coati-tui quantize` folder; they load as such anyway)"),
 ) -> None:
     """Open the app on its chat screen with this model loaded (in a child process)."""
     from coati_tui import hardware
@@ -405,7 +405,7 @@ def generate(
     model: str = typer.Argument(..., help="model folder, run folder (its final/) or cached hub id"),
     prompt: str = typer.Option(..., "--prompt", help="the user's message"),
     system: str = typer.Option("", "--system", help="a system prompt"),
-    quant: str = typer.Option("none", "--quant", help="none | 8bit | 4bit (bitsandbytes); GPTQ folders load as they are"),
+    quant: str = typer.Option("none", "--quant", help="none | 8bit | 4bit (bitsandbytes) | gptq (a `coati-tui quantize` folder; they load as such anyway)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy"),
     top_p: float = typer.Option(0.9, "--top-p", min=0.01, max=1.0),

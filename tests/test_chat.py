@@ -52,3 +52,42 @@ async def test_a_bad_model_path_is_one_clear_error_and_the_app_keeps_working(tmp
         assert chat.messages == []
         await pilot.press("f1")
         assert type(app.screen).__name__ == "HomeScreen"
+
+
+async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_path):
+    import shutil
+
+    from coati_tui import paths
+    from coati_tui.widgets.run_picker import RunPicker
+
+    for name in ("sft-1-模型", "rm-2"):  # two finished runs (the picker needs only config.toml and final/)
+        run = paths.runs_dir() / name
+        run.mkdir(parents=True)
+        (run / "config.toml").write_text('stage = "sft"\n')
+        shutil.copytree(tiny_model, run / "final")
+    app = CoatiApp(mode="chat")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        chat = app.screen
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunPicker) and app.screen.query("OptionList"))
+        options = app.screen.query_one("OptionList")
+        ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
+        want = str(paths.runs_dir() / "sft-1-模型" / "final")
+        assert set(ids) == {want, str(paths.runs_dir() / "rm-2" / "final")}
+        options.highlighted = ids.index(want)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is chat)
+        assert chat.query_one("#chat-model").value == want
+        await wait_for(pilot, lambda: chat.loaded is not None, timeout=60)
+        assert chat.loaded["model"] == want
+        # ctrl+x stops an answer while the message line has focus (the input's own ctrl+x is cut)
+        chat.query_one("#chat-max_new_tokens").value = "900"
+        chat.query_one("#chat-temperature").value = "1.5"
+        chat.query_one("#chat-input").value = "说很长的话"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.buffer)
+        assert app.focused is chat.query_one("#chat-input")
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not chat.generating)
+        assert chat.last_answer["stop"] == "cancelled" and chat.last_answer["tokens"] < 900

@@ -98,3 +98,8 @@ def test_bad_model_path_is_one_clear_error(tmp_path):
     proc = cli("generate", str(tmp_path / "没有这个模型"), "--prompt", "hi")
     assert proc.returncode == 2
     assert "没有这个模型" in proc.stderr and "no such folder" in proc.stderr
+
+
+def test_quant_gptq_on_a_plain_folder_says_how_to_make_one(tiny_model):
+    proc = cli("generate", str(tiny_model), "--prompt", "hi", "--quant", "gptq")
+    assert proc.returncode == 2 and "not a GPTQ checkpoint" in proc.stderr and "coati-tui quantize" in proc.stderr

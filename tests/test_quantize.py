@@ -54,7 +54,8 @@ def test_quantize_a_lora_run_loads_in_transformers_and_answers(demo_home, tmp_pa
     model = AutoModelForCausalLM.from_pretrained(out, device_map={"": "cpu"})
     assert model.config.quantization_config.quant_method.value == "gptq"
     assert any("qweight" in n for n, _ in model.named_buffers())
-    answer = run("generate", str(out), "--prompt", "请列出三种水果。", "--max-new-tokens", "8", "--temperature", "0", "--json")
+    answer = run("generate", str(out), "--prompt", "请列出三种水果。", "--quant", "gptq", "--max-new-tokens", "8",
+                 "--temperature", "0", "--json")
     assert answer.returncode == 0, answer.stderr[-2000:]
     evs = [json.loads(x) for x in answer.stdout.splitlines() if x.startswith("{")]
     assert evs[0]["type"] == "loaded" and evs[0]["quant"] == "gptq"

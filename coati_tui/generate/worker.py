@@ -1,6 +1,6 @@
 """The generation worker: a child process that loads one model and answers requests, streaming tokens.
 
-    python -m coati_tui.generate MODEL [--quant none|8bit|4bit] [--dtype auto|fp32|bf16|fp16]
+    python -m coati_tui.generate MODEL [--quant none|8bit|4bit|gptq] [--dtype auto|fp32|bf16|fp16]
 
 Protocol: JSON lines, the same event schema as the trainer (``coati_tui.events``). Requests on stdin:
 ``{"op": "generate", "id": "r1", "messages": [...], "max_new_tokens": 256, "temperature": 0.7,
@@ -27,7 +27,7 @@ import time
 
 from coati_tui import events
 
-QUANTS = ("none", "8bit", "4bit")
+QUANTS = ("none", "8bit", "4bit", "gptq")  # gptq: the folder must be a GPTQ checkpoint (they load as such anyway)
 
 
 class WorkerError(Exception):
@@ -57,6 +57,9 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     gptq = (config.get("quantization_config") or {}).get("quant_method") == "gptq"
     kwargs: dict = {"dtype" if _tf_major() >= 5 else "torch_dtype": torch_dtype}
+    if quant == "gptq" and not gptq:
+        raise WorkerError("config", f"{folder} is not a GPTQ checkpoint (its config.json has no GPTQ "
+                                    "quantization_config): make one with `coati-tui quantize`")
     if gptq:
         if importlib.util.find_spec("gptqmodel") is None:
             raise WorkerError("missing_dependency", f"{folder} is a GPTQ checkpoint: pip install 'coati-tui[gptq]'")

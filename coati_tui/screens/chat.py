@@ -32,7 +32,8 @@ def chats_dir() -> Path:
 class ChatScreen(Screen):
     BINDINGS = [
         Binding("ctrl+l", "load", "Load model", id="load"),
-        Binding("ctrl+x", "stop", "Stop", id="stop"),
+        Binding("ctrl+g", "pick_run", "Runs", id="pick_run"),
+        Binding("ctrl+x", "stop", "Stop", id="stop", priority=True),  # before the input's own ctrl+x (cut)
         Binding("ctrl+r", "regenerate", "Regenerate", id="regenerate"),
         Binding("ctrl+n", "new", "New chat", id="new"),
         Binding("ctrl+o", "open_last", "Open last chat", id="open_last"),
@@ -70,7 +71,8 @@ class ChatScreen(Screen):
         with Horizontal(id="chat-top"):
             yield Input(self.model_spec or "", id="chat-model", suggester=PathSuggester(dirs_only=True),
                         placeholder="model folder, run folder or cached hub id; enter (or ctrl+l) loads")
-            yield Select([("full precision", "none"), ("8-bit", "8bit"), ("4-bit NF4", "4bit")], value=self.quant,
+            yield Select([("full precision", "none"), ("8-bit", "8bit"), ("4-bit NF4", "4bit"), ("GPTQ folder", "gptq")],
+                         value=self.quant,
                          allow_blank=False, id="chat-quant")
         yield Static("no model loaded", id="chat-status")
         with Horizontal(id="chat-body"):
@@ -110,6 +112,17 @@ class ChatScreen(Screen):
         self.query_one("#chat-status", Static).update(f"loading {spec} ({self.quant})…")
         self.proc = spawn(spec, self.quant)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def action_pick_run(self) -> None:
+        """Switch to any run's output: pick it, and it loads."""
+        from coati_tui.widgets.run_picker import RunPicker
+
+        def picked(path: str | None) -> None:
+            if path:
+                self.query_one("#chat-model", Input).value = path
+                self.action_load()
+
+        self.app.push_screen(RunPicker(), picked)
 
     def _read(self, proc) -> None:
         for ev in events.follow(proc.stdout):

@@ -15,7 +15,9 @@ GUIDE = (
     "prefer, PPO improves the SFT model against the RM while a KL penalty keeps it close and the PTX loss "
     "keeps its SFT skills. Home plans memory for every preset and stage; each stage runs in a child "
     "process that keeps training if the app closes (Runs re-attaches). No model yet? g runs the demo. "
-    "Every run can be replayed headless: coati-tui train STAGE --resume RUN_FOLDER."
+    "Every run can be replayed headless: coati-tui train STAGE --resume RUN_FOLDER. Then F2 Chat talks to "
+    "the result (4-bit, 8-bit or GPTQ), and F3 Rank compares two of its answers: your labels train the "
+    "next reward model (ctrl+t there)."
 )
 
 

@@ -95,6 +95,7 @@ class RankScreen(Screen):
         Binding("u", "undo", "Undo", id="undo"),
         Binding("n", "note", "Note", id="note"),
         Binding("ctrl+l", "start", "Start", id="start"),
+        Binding("ctrl+g", "pick_run", "Runs", id="pick_run"),
         Binding("ctrl+t", "train_rm", "Train RM", id="train_rm"),
         Binding("ctrl+e", "export", "Export", id="export"),
         Binding("escape", "focus_pair", "Labels", show=False),
@@ -332,6 +333,18 @@ class RankScreen(Screen):
             threading.Thread(target=self._read, args=(proc, slot), daemon=True).start()
         self._status()
         self.action_focus_pair()
+
+    def action_pick_run(self) -> None:
+        """A run's model into model B when that field has focus, else into model A."""
+        from coati_tui.widgets.run_picker import RunPicker
+
+        target = "#rank-model-b" if self.focused is self.query_one("#rank-model-b") else "#rank-model"
+
+        def picked(path: str | None) -> None:
+            if path:
+                self.query_one(target, Input).value = path
+
+        self.app.push_screen(RunPicker(), picked)
 
     @on(Input.Submitted, "#rank-typed")
     def _typed(self, event: Input.Submitted) -> None:
