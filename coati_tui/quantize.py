@@ -25,17 +25,12 @@ class QuantizeError(Exception):
 
 def default_calib(spec: str) -> str | None:
     """The training data of the run ``spec`` points at (a run folder or its final/), else None."""
-    from coati_tui.train.config import RunConfig
+    from coati_tui.runs import config_of
 
-    run = Path(spec).expanduser()
-    run = run.parent if run.name == "final" else run
-    if not (run / "config.toml").is_file():
+    cfg = config_of(spec)
+    if cfg is None:
         return None
-    try:
-        cfg = RunConfig.read(run)
-    except ValueError:
-        return None
-    if cfg.stage == "ppo" and getattr(cfg, "ptx_data", ""):
+    if cfg.stage == "ppo" and cfg.ptx_data:
         return cfg.ptx_data
     return cfg.data or None
 

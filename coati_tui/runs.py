@@ -155,6 +155,20 @@ def status(run_dir: Path) -> dict:
             "final": (Path(run_dir) / "final").is_dir()}
 
 
+def config_of(spec: str | Path):
+    """The RunConfig of the run ``spec`` names (a run folder or its final/), or None for anything else."""
+    from coati_tui.train.config import RunConfig
+
+    run = Path(spec).expanduser()
+    run = run.parent if run.name == "final" else run
+    if not (run / "config.toml").is_file():
+        return None
+    try:
+        return RunConfig.read(run)
+    except ValueError:
+        return None
+
+
 def blocked(preset) -> str | None:
     """Why this machine cannot run ``preset`` (with the fix), or None."""
     from coati_tui import hardware, planner

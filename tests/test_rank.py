@@ -125,3 +125,14 @@ async def test_a_bad_store_is_one_clear_error(tmp_path, bad):
         await pilot.press("a")  # no pair: a notice, the app stays up
         await pilot.press("f1")
         assert type(app.screen).__name__ == "HomeScreen"
+
+
+def test_the_next_reward_model_starts_from_the_runs_own_base(demo_home, tiny_model):
+    from coati_tui.screens.rank import rm_base
+    from coati_tui.train.config import RunConfig
+
+    runs = demo_home / "runs"
+    assert rm_base(str(runs / "demo-ppo" / "final")) == RunConfig.read(runs / "demo-ppo").model
+    assert rm_base(str(runs / "demo-rm")) == RunConfig.read(runs / "demo-rm").model
+    assert rm_base(str(runs / "demo-sft")) == str(runs / "demo-sft")
+    assert rm_base(str(tiny_model)) == str(tiny_model)

@@ -69,17 +69,12 @@ def chat_prompts() -> list[list[dict]]:
 
 def rm_base(spec: str) -> str:
     """The model a reward model for ``spec`` starts from: a PPO/RM run's own starting model, else ``spec``."""
-    from coati_tui.train.config import RunConfig
+    from coati_tui.runs import config_of
 
-    run = Path(spec).expanduser()
-    run = run.parent if run.name == "final" else run
-    if (run / "config.toml").is_file():
-        try:
-            cfg = RunConfig.read(run)
-        except ValueError:
-            return spec
-        return cfg.model if cfg.stage in ("ppo", "rm") else str(run)
-    return spec
+    cfg = config_of(spec)
+    if cfg is None:
+        return spec
+    return cfg.model if cfg.stage in ("ppo", "rm") else spec
 
 
 class PairArea(Container, can_focus=True):
