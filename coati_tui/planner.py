@@ -149,8 +149,13 @@ def weight_bytes(arch: Arch, preset: Preset, w: int, head: str) -> int:
     return params * w
 
 
-def train_state(arch: Arch, preset: Preset, w: int, head: str) -> tuple[dict[str, int], dict[str, int]]:
-    """(device bytes, host bytes) of one trained model's weights, gradients and optimizer states."""
+def train_state(arch: Arch, preset: Preset, w: int, head: str,
+                accumulate: bool | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """(device bytes, host bytes) of one trained model's weights, gradients and optimizer states.
+    ``accumulate``: whether gradients are accumulated over micro-batches (default: the preset's
+    accumulation_steps > 1; PPO steps once per backward)."""
+    if accumulate is None:
+        accumulate = preset.train.accumulation_steps > 1
     params = arch.param_count(head)
     if preset.strategy == "naive":
         weights = weight_bytes(arch, preset, w, head)
@@ -171,6 +176,10 @@ def train_state(arch: Arch, preset: Preset, w: int, head: str) -> tuple[dict[str
             "optimizer": int(12 * params * (1 - optim_cpu)),
         }
         host = {"weights_offloaded": int(2 * params * on_cpu), "optimizer_offloaded": int(12 * params * optim_cpu)}
+        if accumulate:  # gradients get chunks of their own, kept where the optimizer states are
+            for where, frac in ((device, 1 - optim_cpu), (host, optim_cpu)):
+                if frac > 0:
+                    where["gradients_accumulated"] = int(2 * params * frac)
         return device, host
     if preset.strategy == "zero2_cpu":
         return (
@@ -226,7 +235,7 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
                 2 * base + 2 * weight_bytes(arch, preset, w, "score") + 32 * lora + dev["reward_adapter"])
         else:
             for name, head in (("actor", "lm"), ("critic", "score")):
-                d, h = train_state(arch, preset, w, head)
+                d, h = train_state(arch, preset, w, head, accumulate=False)
                 _add(dev, d, name + "_")
                 _add(host, h, name + "_")
             ref, rm = arch.param_count("lm") * w, arch.param_count("score") * w

@@ -71,6 +71,18 @@ def test_ppo_memory_lean_mode_beats_four_models():
     assert row.gpu["weights"] < 0.5 * row.alternatives["four_separate_models"]
 
 
+def test_gemini_accumulation_keeps_gradients_in_ram_and_ppo_parks_frozen_models():
+    """Gemini accumulating over micro-batches keeps bf16 gradients beside the offloaded optimizer
+    (2 B/param); PPO steps once per backward, so it has none, and its reference and reward model are
+    counted in CPU RAM (they visit the GPU one at a time)."""
+    result = _plan(24, 128)
+    sft, ppo = _row(result, "gemini_offload", "sft"), _row(result, "gemini_offload", "ppo")
+    assert sft.cpu["gradients_accumulated"] == 2 * LLAMA7B.param_count("lm")
+    assert "gradients_accumulated" not in sft.gpu  # the optimizer (and so the gradients) are all in RAM
+    assert not any("gradients_accumulated" in k for k in {**ppo.cpu, **ppo.gpu})
+    assert ppo.cpu["reference"] > 0 and ppo.cpu["reward_model"] > 0
+
+
 def test_stage_filter_and_seq_len_override():
     result = _plan(24, 128, stages=("rm",), seq_len=128)
     assert {r.stage for r in result.rows} == {"rm"} and {r.seq_len for r in result.rows} == {128}
