@@ -154,8 +154,11 @@ class Run:
             tmp.mkdir(parents=True)
         strategy.barrier()
         write(tmp)
+        rank = int(os.environ.get("RANK", "0"))  # each process's own random state: its own samples resume
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()},
+                   tmp / ("rng.pt" if rank == 0 else f"rng-{rank}.pt"))
+        strategy.barrier()
         if self.main:
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps(state.__dict__))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoint whole
@@ -174,7 +177,8 @@ class Run:
             return state_cls()
         ckpt = found[-1]
         read(ckpt)
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)
+        own = ckpt / f"rng-{os.environ.get('RANK', '0')}.pt"
+        rng = torch.load(own if own.is_file() else ckpt / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         state = state_cls(**json.loads((ckpt / "state.json").read_text()))
