@@ -97,7 +97,11 @@ def test_separate_reward_model_and_resume_repeats_the_run(tiny_model, tiny_rewar
             assert e[key] == pytest.approx(steps_a[e["step"]][key], abs=1e-4), key
 
 
-def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model):
+@pytest.mark.parametrize("layout", ["lean", "four_models"])
+def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model, layout):
+    """In both layouts: the policy loss alone moves the actor, and the PTX loss changes that step."""
+    from types import SimpleNamespace
+
     import torch
     from transformers import AutoTokenizer
 
@@ -107,7 +111,7 @@ def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model):
 
     preset = presets.load("lora_naive").with_overrides(
         {"lora.rank": 4, "train.batch_size": 4, "train.grad_checkpointing": False, "ppo.max_new_tokens": 6,
-         "ppo.ppo_epochs": 1, "ppo.ptx_coef": 1.0})
+         "ppo.ppo_epochs": 1, "ppo.ptx_coef": 1.0, "ppo.memory_lean": layout == "lean"})
     tok = AutoTokenizer.from_pretrained(tiny_model)
     end_id, _ = end_token(tok)
     ptx_examples, _ = prepare_sft(tok, [m for m in map(_messages, sft_records(8))], 64)
@@ -116,23 +120,27 @@ def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model):
 
     def actor_after(ptx):
         torch.manual_seed(0)
-        base = strategy.load_model(tiny_model, preset, "sft", "cpu", adapters=False).model
-        models = ppo.Lean(base, preset, str(tiny_reward_model), str(tiny_model), "cpu", tok, info=lambda m: None)
+        if layout == "lean":
+            base = strategy.load_model(tiny_model, preset, "sft", "cpu", adapters=False).model
+            models = ppo.Lean(base, preset, str(tiny_reward_model), str(tiny_model), "cpu", tok, info=lambda m: None)
+        else:
+            cfg = SimpleNamespace(model=str(tiny_model), reward=str(tiny_reward_model))
+            models = ppo.Separate(preset, cfg, "cpu", tok, info=lambda m: None)
+        naive = strategy.Naive("cpu", "fp32")
+        models.setup(naive, preset, preset.ppo)
+        models.opts = {w: torch.optim.SGD(models.own[w], lr=1.0) for w in ppo.ADAPTERS}
         rollout = ppo.Rollout(models, preset.ppo, [end_id], tok.pad_token_id, "cpu",
                               ppo._generation_config(preset.ppo, [end_id], tok.pad_token_id))
         with torch.no_grad():
             exp = rollout.make(prompt_ids, kl_coef=0.1)
-        before = [p.detach().clone() for p in models.params("actor")]
-        actor_opt = torch.optim.SGD(models.params("actor"), lr=1.0)
-        critic_opt = torch.optim.SGD(models.params("critic"), lr=1.0)
-        stats = ppo._update(models, exp, preset.ppo, preset, actor_opt, critic_opt, models.params("actor"),
-                            models.params("critic"), ptx, ppo.PPOState(), tok.pad_token_id, "cpu",
-                            strategy.Naive("cpu", "fp32"))
-        return [p.detach() - b for p, b in zip(models.params("actor"), before)], stats
+        before = [p.detach().clone() for p in models.own["actor"]]
+        stats = ppo._update(models, exp, preset.ppo, preset, ptx, ppo.PPOState(), tok.pad_token_id, "cpu", naive)
+        return [p.detach() - b for p, b in zip(models.own["actor"], before)], stats
 
     plain, stats_plain = actor_after([])
     mixed, stats_mixed = actor_after(ptx_examples)
     assert "ptx_loss" not in stats_plain and stats_mixed["ptx_loss"] > 0
+    assert stats_plain["skipped_updates"] == 0
     assert any(float(d.abs().sum()) > 0 for d in plain)  # the policy loss alone moves the actor
     assert any(not torch.allclose(p, m) for p, m in zip(plain, mixed))  # and PTX changes the step
 
@@ -150,6 +158,18 @@ def test_ppo_cli_errors(tiny_model, prompts, tmp_path):
     bad.write_text('{"messages": [{"from": "user", "content": "hi"}]}\n{"answer": "no prompt here"}\n')
     proc = cli("train", "ppo", "--model", str(tiny_model), "--reward", str(tiny_model), "--prompts", str(bad))
     assert proc.returncode == 2 and "bad.jsonl: line 2" in proc.stderr
+    # Gemini's auto placement cannot generate before its first training step: refused before any start
+    auto = tmp_path / "gemini_auto.toml"
+    auto.write_text('strategy = "gemini"\n[lora]\nrank = 0\n[offload]\nplacement = "auto"\n'
+                    '[train]\naccumulation_steps = 1\n[needs]\ncuda = true\ncolossalai = true\n')
+    proc = cli("train", "ppo", "--model", str(tiny_model), "--reward", str(tiny_model), "--prompts", prompts,
+               "--preset", str(auto), "--out", str(tmp_path / "auto"))
+    assert proc.returncode == 2 and 'offload.placement = "static"' in proc.stderr
+    assert not (tmp_path / "auto").exists()
+    # a Gemini preset is a PPO preset like any other; here it is refused for the machine, with the fix
+    proc = cli("train", "ppo", "--model", str(tiny_model), "--reward", str(tiny_model), "--prompts", prompts,
+               "--preset", "gemini_offload")
+    assert proc.returncode == 2 and "preset gemini_offload" in proc.stderr and "GPU" in proc.stderr
 
 
 def test_full_finetune_ppo_runs_four_models_and_writes_a_full_model(tiny_model, tiny_reward_model, prompts, tmp_path):
@@ -166,3 +186,41 @@ def test_full_finetune_ppo_runs_four_models_and_writes_a_full_model(tiny_model, 
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "llama"
+
+
+def test_four_models_under_torchrun_checkpoint_and_resume(tiny_model, tiny_reward_model, prompts, tmp_path):
+    """Two processes (gloo on CPU): the four-model layout boosted by the strategy (colossalai's DDP plugin
+    where colossalai is installed, torch DDP otherwise), each process answering its share of the prompts.
+    The checkpoint holds actor and critic with their optimizers; a resumed run makes the first process's
+    next step exactly as the uninterrupted run did, and the final actor is a full model."""
+    import importlib.util
+
+    colossal = importlib.util.find_spec("colossalai") is not None
+    a = tmp_path / "a"
+    launch = ["--nproc-per-node", "2", "--json"]
+    args = ["--model", str(tiny_model), "--reward", str(tiny_reward_model), "--prompts", prompts, *PPO_SMALL,
+            "--lora-rank", "0", *launch]
+    proc = cli("train", "ppo", *args, "--out", str(a), "--max-steps", "3", "--save-interval", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evs = events.read(a / "events.jsonl")
+    start, = of(evs, "start")
+    assert start["layout"] == "four_models"
+    assert start["strategy"] == ("colossalai_ddp" if colossal else "naive+ddp")
+    assert start["total_steps"] == 3 and [e["step"] for e in of(evs, "step")] == [1, 2, 3]
+    ckpt = a / "checkpoints" / "step-2"
+    assert (ckpt / "actor").is_dir() and (ckpt / "critic").is_dir()
+    assert (ckpt / "rng.pt").is_file() and (ckpt / "rng-1.pt").is_file()  # each process's own random state
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(a / "final").config.vocab_size > 0
+
+    b = tmp_path / "b"
+    shutil.copytree(a, b, ignore=shutil.ignore_patterns("final", "events.jsonl"))
+    proc = cli("train", "ppo", "--resume", str(b), *launch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evs_b = events.read(b / "events.jsonl")
+    assert of(evs_b, "start")[0]["resumed_from"] == 2
+    step_a, = [e for e in of(evs, "step") if e["step"] == 3]
+    step_b, = of(evs_b, "step")
+    for key in ("reward_mean", "kl", "policy_loss", "value_loss"):
+        assert step_b[key] == pytest.approx(step_a[key], abs=1e-4), key

@@ -53,6 +53,10 @@ class RunConfig:
             raise ValueError(f"--loss must be one of {RM_LOSSES}, not {self.loss!r}")
         if self.stage == "ppo" and not self.reward:
             raise ValueError("PPO needs --reward (a reward model or an RM run folder)")
+        p = self.preset
+        if self.stage == "ppo" and p.strategy == "gemini" and p.offload.placement == "auto":
+            raise ValueError(f"preset {p.name}: PPO under Gemini needs offload.placement = \"static\"; \"auto\" "
+                             "must see a training step before anything is generated, and PPO generates first")
         if not 0 <= self.eval_split < 1:
             raise ValueError(f"--eval-split must be in [0, 1), not {self.eval_split}")
 

@@ -16,11 +16,16 @@ this SFT output writes its adapter beside the merged weights), else a separate m
 RAM between rollouts on a GPU. The critic starts from the reward adapter and head when they are shared
 (as ColossalChat initialises its critic from the reward model). Four models' worth of weights become one.
 
-Full fine-tuning (lora.rank 0, or ppo.memory_lean = false) takes ColossalChat's layout instead: four
-models (``Separate``). Gemini / ZeRO-2 PPO is not built: the run stops with a config error first.
+Full fine-tuning (lora.rank 0), ``ppo.memory_lean = false`` and the Gemini / ZeRO-2 presets take
+ColossalChat's layout instead: four models (``Separate``). Actor and critic are boosted by the strategy
+(plain PyTorch, torch DDP, or a colossalai Booster: its DDP plugin, Gemini, ZeRO-2 with CPU offload),
+and every use of them (generation, log-probs, the training forward with the PTX batch, values) goes
+through their own forward, so the wrapper sees it; under Gemini / ZeRO-2 the frozen reference and
+reward model wait in CPU RAM and visit the GPU one at a time to score a finished rollout.
 
 Under torchrun every process makes its own rollouts from its share of the prompts; gradients are
-averaged across processes before each optimizer step.
+averaged across processes before each optimizer step (by hand in the memory-lean layout, by the
+wrapper in the four-model one), and a skipped update is skipped by every process alike.
 """
 
 from __future__ import annotations
@@ -183,87 +188,222 @@ class Lean:
         self.model.set_adapter("actor")
         return _label_only_loss(self.model, batch)
 
-    def save_final(self, tokenizer, final: Path, end_id: int, cfg) -> None:
-        _save_actor(self, tokenizer, final, end_id, cfg)
+    def save_final(self, tokenizer, final: Path, end_id: int, cfg, main: bool) -> None:
+        if main:
+            _save_actor(self, tokenizer, final, end_id, cfg)
+
+    # ---- optimizers and steps (the interface ``_update`` and ``main`` use; Separate has the same) ----
+    def setup(self, strategy, preset, pp) -> None:
+        import torch
+
+        self.strategy, wd = strategy, preset.train.weight_decay
+        self.own = {w: self.params(w) for w in ADAPTERS}
+        self.opts = {"actor": torch.optim.AdamW(self.own["actor"], lr=preset.train.lr, weight_decay=wd),
+                     "critic": torch.optim.AdamW(self.own["critic"], lr=pp.critic_lr, weight_decay=wd)}
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.trainable_count = sum(p.numel() for w in ADAPTERS for p in self.own[w])
+
+    def actor_forward(self, ids, mask, start: int, width: int, ptx):
+        """(the actor's logits over the answer, the PTX loss on ``ptx`` or None)."""
+        return self.logits("actor", ids, mask, start, width), (self.ptx_loss(ptx) if ptx is not None else None)
+
+    def update(self, which: str, loss) -> None:
+        import torch
+
+        loss.backward()
+        _sync(self.own[which], self.strategy)
+        torch.nn.utils.clip_grad_norm_(self.own[which], 1.0)
+        self.opts[which].step()
+        self.opts[which].zero_grad(set_to_none=True)
+
+    def discard(self, which: str, loss) -> None:
+        self.opts[which].zero_grad(set_to_none=True)
+
+    def save(self, folder: Path, main: bool) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        if main:
+            save_file({k: v.contiguous() for k, v in self.trainable_state().items()},
+                      str(folder / "trainable.safetensors"))
+            torch.save({w: self.opts[w].state_dict() for w in ADAPTERS}, folder / "optimizer.pt")
+
+    def load(self, folder: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        self.load_trainable(load_file(str(folder / "trainable.safetensors"), device=self.device))
+        saved = torch.load(folder / "optimizer.pt", weights_only=False)
+        for w in ADAPTERS:
+            self.opts[w].load_state_dict(saved[w])
+
+
+# ---- the four-model layout --------------------------------------------------------------------------
+# What each model is asked for. A trained model of the four-model layout runs these through its own
+# forward (``_route``), so the strategy's wrapper sees every use: DDP and the DDP plugin sync on it,
+# Gemini fetches its weight chunks around it, ZeRO casts the inputs.
+
+def _decoder_hidden(model, ids, mask):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(inner, inner.base_model_prefix)
+    return inner, decoder(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
+
+
+def _task_logits(model, ids, mask, start: int, width: int, temperature: float):
+    inner, h = _decoder_hidden(model, ids, mask)
+    return inner.get_output_embeddings()(h[:, start - 1: start - 1 + width]).float() / temperature
+
+
+def _task_train(model, ids, mask, start: int, width: int, temperature: float, ptx=None):
+    """The policy's logits and, in the same forward, the PTX loss: one forward per backward, as DDP needs."""
+    from coati_tui.train.sft import _label_only_loss
+
+    logits = _task_logits(model, ids, mask, start, width, temperature)
+    return logits, (_label_only_loss(model, ptx) if ptx is not None else None)
+
+
+def _task_values(model, ids, mask, start: int, width: int):
+    inner, h = _decoder_hidden(model, ids, mask)
+    return inner.score(h[:, start - 1: start - 1 + width]).float().squeeze(-1)
+
+
+def _task_scores(model, ids, mask, last):
+    import torch
+
+    inner, h = _decoder_hidden(model, ids, mask)
+    return inner.score(h[torch.arange(ids.shape[0], device=ids.device), last]).float().squeeze(-1)
+
+
+def _task_generate(model, ids, mask, gen_config):
+    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+
+
+TASKS = {"logits": _task_logits, "train": _task_train, "values": _task_values, "scores": _task_scores,
+         "generate": _task_generate}
+
+
+def _route(model):
+    """``model(task=NAME, **kw)`` runs ``TASKS[NAME](model, **kw)`` inside the model's forward; a call
+    without ``task`` (transformers' generate calling the model) is the model's own forward. The instance's
+    ``forward`` is replaced, not wrapped in another module: the state dict keeps the model's own names."""
+    import functools
+
+    original = model.forward
+
+    @functools.wraps(original)  # generate reads the forward's signature
+    def forward(*args, task: str | None = None, **kw):
+        return original(*args, **kw) if task is None else TASKS[task](model, **kw)
+
+    model.forward = forward
+    return model
+
+
+class Parked:
+    """A frozen model that waits in CPU RAM and visits ``device`` only for the call at hand (``park``),
+    or simply lives on ``device``."""
+
+    def __init__(self, model, device: str, park: bool):
+        self.model, self.device, self.park = model.eval(), device, park
+
+    def run(self, task: str, **kw):
+        if self.park:
+            self.model.to(self.device)
+        try:
+            return TASKS[task](self.model, **kw)
+        finally:
+            if self.park:
+                self.model.to("cpu")
 
 
 class Separate:
-    """ColossalChat's layout: actor, reference, critic and reward model, each its own weights, for full
-    fine-tuning (lora.rank 0) or ``ppo.memory_lean = false``. The reference is a frozen copy of the
-    actor's start; the critic starts as the reward model (its score head gives a value per token)."""
+    """ColossalChat's layout: actor, reference, critic and reward model, each its own weights: full
+    fine-tuning (lora.rank 0), ``ppo.memory_lean = false``, and the Gemini / ZeRO-2 presets. The reference
+    is a frozen copy of the actor's start; the critic starts as the reward model (its score head gives a
+    value per token). The actor and critic are boosted by the strategy with their own optimizers; the
+    reference and reward model stay unwrapped, and under Gemini / ZeRO-2 wait in CPU RAM, each visiting
+    the GPU alone to score a finished rollout (as the planner counts them)."""
 
     def __init__(self, preset, cfg, device: str, tokenizer, info=print):
         from coati_tui.train.strategy import load_model
 
         pad_id = tokenizer.pad_token_id
         self.device, self.temperature = device, preset.ppo.temperature
-        self.actor = load_model(cfg.model, preset, "sft", device, pad_id).model
-        self.ref = load_model(cfg.model, preset, "sft", device, pad_id, adapters=False).model.eval()
-        self.critic = load_model(cfg.reward, preset, "rm", device, pad_id).model
-        self.rm = load_model(cfg.reward, preset, "rm", device, pad_id, adapters=False).model.eval()
-        for name, model in (("reward model", self.rm), ("critic", self.critic)):
-            if getattr(model.config, "vocab_size", None) != self.actor.config.vocab_size:
+        actor = load_model(cfg.model, preset, "sft", device, pad_id).model
+        critic = load_model(cfg.reward, preset, "rm", device, pad_id).model
+        ref = load_model(cfg.model, preset, "sft", device, pad_id, adapters=False).model
+        rm = load_model(cfg.reward, preset, "rm", device, pad_id, adapters=False).model
+        for name, model in (("reward model", rm), ("critic", critic)):
+            if getattr(model.config, "vocab_size", None) != actor.config.vocab_size:
                 raise ConfigError(f"the {name} ({cfg.reward}) has another vocabulary than the actor: train it "
                                   "from the same base (or from the SFT run)")
+        self.n_params = sum(p.numel() for m in (actor, critic, ref, rm) for p in m.parameters())
+        park = preset.strategy != "naive"
+        self.actor, self.critic = _route(actor), _route(critic)
+        self.ref, self.rm = Parked(ref, device, park), Parked(rm, device, park)
         self.separate_rm = self.rm
-        info("layout: four models (actor, reference, critic from the reward model, reward model)")
+        info("layout: four models (actor, reference, critic from the reward model, reward model)"
+             + ("; reference and reward model wait in CPU RAM between rollouts" if park else ""))
 
-    @staticmethod
-    def _inner(model):
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-    def params(self, which: str) -> list:
-        model = self.actor if which == "actor" else self.critic
-        return [p for p in model.parameters() if p.requires_grad]
-
-    def trainable_state(self) -> dict:
-        out = {}
-        for prefix, model in (("actor", self.actor), ("critic", self.critic)):
-            names = {n for n, p in model.named_parameters() if p.requires_grad}
-            out.update({f"{prefix}.{k}": v for k, v in model.state_dict().items() if k in names})
-        return out
-
-    def load_trainable(self, state: dict) -> None:
-        for prefix, model in (("actor", self.actor), ("critic", self.critic)):
-            part = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(prefix + ".")}
-            model.load_state_dict(part, strict=False)
-
-    def hidden(self, which: str | None, ids, mask):
-        model = self._inner({"actor": self.actor, None: self.ref, "critic": self.critic, "reward": self.rm}[which])
-        decoder = getattr(model, model.base_model_prefix)
-        return decoder(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state
+    def setup(self, strategy, preset, pp) -> None:
+        self.strategy, wd = strategy, preset.train.weight_decay
+        self.own = {w: [p for p in getattr(self, w).parameters() if p.requires_grad] for w in ADAPTERS}
+        self.trainable_count = sum(p.numel() for w in ADAPTERS for p in self.own[w])
+        a_opt = strategy.optimizer(self.own["actor"], lr=preset.train.lr, weight_decay=wd)
+        c_opt = strategy.optimizer(self.own["critic"], lr=pp.critic_lr, weight_decay=wd)
+        self.actor, a_opt, _ = strategy.boost(self.actor, a_opt, None)
+        self.critic, c_opt, _ = strategy.boost(self.critic, c_opt, None)
+        self.opts = {"actor": a_opt, "critic": c_opt}
 
     def logits(self, which: str | None, ids, mask, start: int, width: int):
-        h = self.hidden(which, ids, mask)[:, start - 1: start - 1 + width]
-        head = self._inner(self.actor if which == "actor" else self.ref).get_output_embeddings()
-        return head(h).float() / self.temperature
+        kw = dict(ids=ids, mask=mask, start=start, width=width, temperature=self.temperature)
+        return self.actor(task="logits", **kw) if which == "actor" else self.ref.run("logits", **kw)
+
+    def actor_forward(self, ids, mask, start: int, width: int, ptx):
+        return self.actor(task="train", ids=ids, mask=mask, start=start, width=width,
+                          temperature=self.temperature, ptx=ptx)
 
     def values(self, ids, mask, start: int, width: int):
-        h = self.hidden("critic", ids, mask)[:, start - 1: start - 1 + width]
-        return self._inner(self.critic).score(h).float().squeeze(-1)
+        return self.critic(task="values", ids=ids, mask=mask, start=start, width=width)
 
     def scores(self, ids, mask, last):
-        import torch
-
-        rows = torch.arange(ids.shape[0], device=ids.device)
-        return self.rm.score(self.hidden("reward", ids, mask)[rows, last]).float().squeeze(-1)
+        return self.rm.run("scores", ids=ids, mask=mask, last=last)
 
     def generate(self, ids, mask, gen_config):
-        return self.actor.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+        return self.actor(task="generate", ids=ids, mask=mask, gen_config=gen_config)
 
     def train(self, on: bool) -> None:
         self.actor.train(on)
         self.critic.train(on)
 
-    def ptx_loss(self, batch):
-        from coati_tui.train.sft import _label_only_loss
+    def update(self, which: str, loss) -> None:
+        model, opt = getattr(self, which), self.opts[which]
+        self.strategy.backward(loss, opt)
+        self.strategy.step(model, opt)
+        opt.zero_grad(set_to_none=True)
 
-        return _label_only_loss(self.actor, batch)
+    def discard(self, which: str, loss) -> None:
+        """A skipped update. A wrapped model still takes a (zero) backward: every wrapper expects one
+        after a forward with gradients, and every process skips together (the decision is global)."""
+        if not self.strategy.fast_path:
+            self.strategy.backward(loss * 0.0, self.opts[which])
+        self.opts[which].zero_grad(set_to_none=True)
 
-    def save_final(self, tokenizer, final: Path, end_id: int, cfg) -> None:
+    def save(self, folder: Path, main: bool) -> None:
+        for which in ADAPTERS:  # every process: sharded strategies save collectively
+            (folder / which).mkdir(parents=True, exist_ok=True)
+            self.strategy.save(getattr(self, which), self.opts[which], folder / which)
+
+    def load(self, folder: Path) -> None:
+        for which in ADAPTERS:
+            self.strategy.load(getattr(self, which), self.opts[which], folder / which)
+
+    def save_final(self, tokenizer, final: Path, end_id: int, cfg, main: bool) -> None:
         from coati_tui.train.sft import _save_final
 
-        _save_final(self.actor, tokenizer, final, end_id, stage="ppo", base=cfg.model)
+        def write(model, folder: Path, weights: Path | None) -> None:
+            _save_final(model, tokenizer, folder, end_id, stage="ppo", base=cfg.model, weights=weights)
+
+        self.strategy.save_final(self.actor, final, write)
 
 
 class SeparateReward:
@@ -285,21 +425,10 @@ class SeparateReward:
         self.offload = device == "cuda" and not rm_preset.quant.bits
         prepared = load_model(reward_dir, rm_preset, "rm", "cpu" if self.offload else device,
                               pad_token_id=tokenizer.pad_token_id, adapters=False)
-        self.model, self.device = prepared.model.eval(), device
+        self.model = Parked(prepared.model, device, self.offload)
 
     def scores(self, ids, mask, last):
-        import torch
-
-        if self.offload:
-            self.model.to(self.device)
-        try:
-            decoder = getattr(self.model, self.model.base_model_prefix)
-            rows = torch.arange(ids.shape[0], device=ids.device)
-            h = decoder(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).last_hidden_state[rows, last]
-            return self.model.score(h).float().squeeze(-1)
-        finally:
-            if self.offload:
-                self.model.to("cpu")
+        return self.model.run("scores", ids=ids, mask=mask, last=last)
 
 
 def main(run_dir: str | Path) -> None:
@@ -311,9 +440,6 @@ def main(run_dir: str | Path) -> None:
 
         cfg, preset, pp = run.cfg, run.cfg.preset, run.cfg.preset.ppo
         strat.check_requirements(preset)
-        if preset.strategy != "naive":
-            raise ConfigError(f"PPO under {preset.strategy} (preset {preset.name}) is not built yet: use lora_naive "
-                              "or qlora_naive (memory-lean), or lora_naive with --lora-rank 0 (full fine-tune)")
         torch.manual_seed(cfg.seed)
 
         tokenizer, template = load_tokenizer(cfg.model, cfg.template or None)
@@ -336,16 +462,16 @@ def main(run_dir: str | Path) -> None:
         run.info(f"data: {len(train_set)} prompts, {len(held)} held out, {len(ptx)} PTX examples")
 
         device = strat.pick_device()
-        lean = not preset.full_finetune and pp.memory_lean
-        strategy = strat.Naive(device, strat.pick_precision(preset, device))
-        if lean:
+        precision = strat.pick_precision(preset, device)
+        lean = not preset.full_finetune and pp.memory_lean and preset.strategy == "naive"
+        if lean:  # adapters on one base: its parts are called directly, gradients averaged by hand
+            strategy = strat.Naive(device, precision)
             base = strat.load_model(cfg.model, preset, "sft", device, pad_token_id=pad_id, adapters=False).model
             models = Lean(base, preset, cfg.reward, cfg.model, device, tokenizer, run.info)
-        else:
+        else:  # one backward per optimizer step: nothing to accumulate
+            strategy = strat.make_strategy(preset.with_overrides({"train.accumulation_steps": 1}), device, precision)
             models = Separate(preset, cfg, device, tokenizer, run.info)
-        actor_params, critic_params = models.params("actor"), models.params("critic")
-        actor_opt = torch.optim.AdamW(actor_params, lr=preset.train.lr, weight_decay=preset.train.weight_decay)
-        critic_opt = torch.optim.AdamW(critic_params, lr=pp.critic_lr, weight_decay=preset.train.weight_decay)
+        models.setup(strategy, preset, pp)
 
         per_epoch = max(1, math.ceil(len(train_set) / pp.rollout_batch) // strategy.world)
         total = per_epoch * preset.train.max_epochs
@@ -353,22 +479,9 @@ def main(run_dir: str | Path) -> None:
             total = min(total, cfg.max_steps)
 
         def write(folder: Path) -> None:
-            from safetensors.torch import save_file
+            models.save(folder, run.main)
 
-            if run.main:
-                save_file({k: v.contiguous() for k, v in models.trainable_state().items()},
-                          str(folder / "trainable.safetensors"))
-                torch.save({"actor": actor_opt.state_dict(), "critic": critic_opt.state_dict()}, folder / "optimizer.pt")
-
-        def read(folder: Path) -> None:
-            from safetensors.torch import load_file
-
-            models.load_trainable(load_file(str(folder / "trainable.safetensors"), device=device))
-            opt = torch.load(folder / "optimizer.pt", weights_only=False)
-            actor_opt.load_state_dict(opt["actor"])
-            critic_opt.load_state_dict(opt["critic"])
-
-        state = run.load_checkpoint(read, PPOState)
+        state = run.load_checkpoint(models.load, PPOState)
         run.open_tensorboard()
         gen_config = _generation_config(pp, stop_ids, pad_id)
         rollout = Rollout(models, pp, stop_ids, pad_id, device, gen_config)
@@ -399,10 +512,8 @@ def main(run_dir: str | Path) -> None:
                         out["true_score"] += sum(scorer(m, t) for (m, _), t in zip(chunk, texts)) / len(held)
             return out
 
-        n_params = sum(p.numel() for p in models.model.parameters()) if lean else sum(
-            p.numel() for m in (models.actor, models.ref, models.critic, models.rm) for p in m.parameters())
-        run.emit("start", stage="ppo", config=cfg.to_dict(), params=n_params,
-                 trainable_params=sum(p.numel() for p in actor_params + critic_params), strategy=strategy.name,
+        run.emit("start", stage="ppo", config=cfg.to_dict(), params=models.n_params,
+                 trainable_params=models.trainable_count, strategy=strategy.name,
                  device=device, precision=strategy.precision, total_steps=total, resumed_from=state.step,
                  run_dir=str(run.dir), template=template, end_token_id=end_id, held_out=len(held),
                  prompts=len(train_set), ptx_examples=len(ptx), layout="lean" if lean else "four_models",
@@ -421,8 +532,7 @@ def main(run_dir: str | Path) -> None:
                     exp = rollout.make([ids for _, ids in chunk], kl_coef=pp.kl_coef)
                 gen_s = exp["gen_s"]
                 models.train(True)
-                stats = _update(models, exp, pp, preset, actor_opt, critic_opt, actor_params, critic_params,
-                                ptx, state, pad_id, device, strategy)
+                stats = _update(models, exp, pp, preset, ptx, state, pad_id, device, strategy)
                 state.micro_in_epoch += 1
                 state.step += 1
                 dt = time.perf_counter() - t0
@@ -460,8 +570,7 @@ def main(run_dir: str | Path) -> None:
             return
         _emit_eval(run, state.step, evaluate())
         final = run.dir / "final"
-        if run.main:
-            models.save_final(tokenizer, final, end_id, cfg)
+        models.save_final(tokenizer, final, end_id, cfg, run.main)
         strategy.barrier()
         run.emit("done", status="completed", step=state.step, total_steps=total, final=str(final))
 
@@ -529,8 +638,7 @@ class Rollout:
         return [tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(rows, lens)]
 
 
-def _update(models, exp: dict, pp, preset, actor_opt, critic_opt, actor_params, critic_params, ptx,
-            state: PPOState, pad_id: int, device: str, strategy) -> dict:
+def _update(models, exp: dict, pp, preset, ptx, state: PPOState, pad_id: int, device: str, strategy) -> dict:
     """``ppo_epochs`` passes of mini-batches over one rollout; returns the averaged statistics."""
     import torch
 
@@ -546,41 +654,37 @@ def _update(models, exp: dict, pp, preset, actor_opt, critic_opt, actor_params, 
         for i in range(0, B, mb_size):
             idx = perm[i: i + mb_size].to(device)
             ids, mask, resp, rmask = exp["ids"][idx], exp["mask"][idx], exp["resp"][idx], exp["rmask"][idx]
-            logp_all = torch.log_softmax(models.logits("actor", ids, mask, start, T), -1)  # one vocab-wide copy
-            logp = logp_all.gather(-1, resp.unsqueeze(-1)).squeeze(-1)
-            pl, st = M.policy_loss(logp, exp["logp"][idx], exp["adv"][idx], rmask, pp.clip_eps)
-            with torch.set_grad_enabled(pp.entropy_coef > 0):  # reported always, in the graph only when weighted
-                ent = M.masked_mean(-(logp_all.exp() * logp_all).sum(-1), rmask)
-            del logp_all
-            n_mb += 1
-            if not math.isfinite(st["max_ratio"]) or st["max_ratio"] > pp.ratio_limit:
-                skipped += 1  # a ratio explosion: this mini-batch would wreck the policy
-                actor_opt.zero_grad(set_to_none=True)
-                _acc(sums, {"max_ratio": st["max_ratio"]})
-                continue
-            loss = pl - pp.entropy_coef * ent
-            ptx_loss = None
+            batch = None
             if ptx:
                 items = [ptx[(state.ptx_pos + k) % len(ptx)] for k in range(mb_size)]
                 state.ptx_pos += mb_size
                 batch = {"input_ids": torch.tensor(pad([e.input_ids for e in items], pad_id), device=device),
                          "labels": torch.tensor(pad([e.labels for e in items], -100), device=device),
                          "attention_mask": torch.tensor(pad([[1] * len(e.input_ids) for e in items], 0), device=device)}
-                ptx_loss = models.ptx_loss(batch)
+            logits, ptx_loss = models.actor_forward(ids, mask, start, T, batch)
+            logp_all = torch.log_softmax(logits, -1)  # one vocab-wide copy
+            del logits
+            logp = logp_all.gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+            pl, st = M.policy_loss(logp, exp["logp"][idx], exp["adv"][idx], rmask, pp.clip_eps)
+            with torch.set_grad_enabled(pp.entropy_coef > 0):  # reported always, in the graph only when weighted
+                ent = M.masked_mean(-(logp_all.exp() * logp_all).sum(-1), rmask)
+            del logp_all
+            n_mb += 1
+            loss = pl - pp.entropy_coef * ent
+            if ptx_loss is not None:
                 loss = loss + pp.ptx_coef * ptx_loss
-            loss.backward()
-            _sync(actor_params, strategy)
-            torch.nn.utils.clip_grad_norm_(actor_params, 1.0)
-            actor_opt.step()
-            actor_opt.zero_grad(set_to_none=True)
+            # every process skips together, or their gradient syncs would wait on each other forever
+            max_ratio = strategy.reduce_max(st["max_ratio"])
+            if max_ratio > pp.ratio_limit:
+                skipped += 1  # a ratio explosion: this mini-batch would wreck the policy
+                models.discard("actor", loss)
+                _acc(sums, {"max_ratio": st["max_ratio"]})
+                continue
+            models.update("actor", loss)
 
             v = models.values(ids, mask, start, T)
             vl = M.value_loss(v, exp["values"][idx], exp["returns"][idx], rmask, pp.value_clip)
-            vl.backward()
-            _sync(critic_params, strategy)
-            torch.nn.utils.clip_grad_norm_(critic_params, 1.0)
-            critic_opt.step()
-            critic_opt.zero_grad(set_to_none=True)
+            models.update("critic", vl)
             _acc(sums, {"policy_loss": float(pl.detach()), "value_loss": float(vl.detach()), "entropy": float(ent.detach()),
                         **({"ptx_loss": float(ptx_loss.detach())} if ptx_loss is not None else {}), **st})
     done = max(1, n_mb - skipped)

@@ -228,6 +228,22 @@ class Naive:
 
             dist.barrier()
 
+    def reduce_max(self, value: float) -> float:
+        """The largest ``value`` over all processes (NaN counts as infinite): a decision every process
+        must take alike, such as skipping an update, is taken on it."""
+        import math
+
+        value = value if math.isfinite(value) else math.inf
+        if self.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            t = torch.tensor([value], dtype=torch.float64,
+                             device="cuda" if self.device == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            value = float(t.item())
+        return value
+
     def _trainable_state(self, model) -> dict:
         inner = self.unwrap(model)
         names = {n for n, p in inner.named_parameters() if p.requires_grad}
@@ -293,6 +309,9 @@ class Colossal(Naive):
             o = preset.offload
             extra = {} if o.placement == "auto" else {"offload_optim_frac": o.optim_frac,
                                                       "offload_param_frac": o.param_frac}
+            # without it a second backward before the step overwrites the first one's gradients (Gemini
+            # reuses the weights' bf16 chunk for them); it costs that reuse, so only when accumulating
+            extra["enable_gradient_accumulation"] = preset.train.accumulation_steps > 1
             plugin = GeminiPlugin(precision=mixed, placement_policy=o.placement, max_norm=1.0, **extra)
             self.name = "colossalai_gemini"
         elif preset.strategy == "zero2_cpu":
@@ -342,10 +361,14 @@ class Colossal(Naive):
         dist.barrier()
 
     def save(self, model, optimizer, folder: Path) -> None:
+        if self.preset.strategy == "naive":  # DDP replicas: one copy of the trainable part, as plain PyTorch
+            return super().save(model, optimizer, folder)  # (the plugin's sharded optimizer load needs CUDA)
         self.booster.save_model(model, str(folder / "model"), shard=True)
         self.booster.save_optimizer(optimizer, str(folder / "optimizer"), shard=True)
 
     def load(self, model, optimizer, folder: Path) -> None:
+        if self.preset.strategy == "naive":
+            return super().load(model, optimizer, folder)
         self.booster.load_model(model, str(folder / "model"))
         self.booster.load_optimizer(optimizer, str(folder / "optimizer"))
 
