@@ -230,3 +230,11 @@ def test_ppo_under_torchrun_checkpoint_and_resume(tiny_model, tiny_reward_model,
     step_b, = of(evs_b, "step")
     for key in ("reward_mean", "kl", "policy_loss", "value_loss"):
         assert step_b[key] == pytest.approx(step_a[key], abs=1e-4), key
+    assert not [e for e in of(evs_b, "log") if e["level"] == "warning"]
+    if layout == "lean":  # resumed by one process: it goes on, and says the data split changed
+        c = tmp_path / "c"
+        shutil.copytree(a, c, ignore=shutil.ignore_patterns("final", "events.jsonl"))
+        proc = cli("train", "ppo", "--resume", str(c), "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        warned = [e["message"] for e in of(events.read(c / "events.jsonl"), "log") if e["level"] == "warning"]
+        assert warned and "written by 2 process(es), this run has 1" in warned[0]

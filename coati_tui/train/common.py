@@ -35,6 +35,10 @@ class ConfigError(ValueError):
     pass
 
 
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -160,6 +164,7 @@ class Run:
         strategy.barrier()
         if self.main:
             (tmp / "state.json").write_text(json.dumps(state.__dict__))
+            (tmp / "launch.json").write_text(json.dumps({"processes": _world()}))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoint whole
             for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
@@ -183,6 +188,14 @@ class Run:
         random.setstate(rng["python"])
         state = state_cls(**json.loads((ckpt / "state.json").read_text()))
         self.info(f"resumed from {ckpt} (step {state.step})", step=state.step)
+        launch = ckpt / "launch.json"
+        before = json.loads(launch.read_text())["processes"] if launch.is_file() else _world()
+        if before != _world():
+            message = (f"{ckpt} was written by {before} process(es), this run has {_world()}: each process's "
+                       f"share of the data from here on differs from the uninterrupted run's (resume with "
+                       f"--nproc-per-node / --nnodes as before to repeat it)")
+            log.warning(message)
+            self.emit("log", level="warning", message=message)
         return state
 
     # ---- the loop ------------------------------------------------------------------------------
