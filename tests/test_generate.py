@@ -103,3 +103,24 @@ def test_bad_model_path_is_one_clear_error(tmp_path):
 def test_quant_gptq_on_a_plain_folder_says_how_to_make_one(tiny_model):
     proc = cli("generate", str(tiny_model), "--prompt", "hi", "--quant", "gptq")
     assert proc.returncode == 2 and "not a GPTQ checkpoint" in proc.stderr and "coati-tui quantize" in proc.stderr
+
+
+def test_stop_asks_workers_to_quit_and_kills_one_that_will_not(tmp_path):
+    """``stop`` (Chat and Rank leaving, or loading another model): a worker that obeys quit exits on its
+    own; one that ignores it is killed at the deadline; a finished process and None are left be."""
+    from coati_tui.generate.worker import stop
+
+    def child(code: str):
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, bufsize=1)
+
+    obeys = child("import json, sys\nfor line in sys.stdin:\n    if json.loads(line)['op'] == 'quit':\n"
+                  "        sys.exit(3)\n")
+    ignores = child("import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\ntime.sleep(600)\n")
+    assert ignores.stdout.readline().strip() == "ready"
+    done = child("pass")
+    done.wait()
+    stop(obeys, None, ignores, done, timeout=3)
+    assert obeys.returncode == 3  # it read the quit request and left by itself
+    assert ignores.returncode is not None and ignores.returncode < 0  # killed
+    assert done.returncode == 0

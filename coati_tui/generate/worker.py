@@ -242,3 +242,22 @@ def spawn(model: str, quant: str = "none", dtype: str = "auto"):
 
 
 
+def stop(*procs, timeout: float = 5.0) -> None:
+    """Ask every running worker to quit, then wait for them against one shared deadline (two workers
+    stopping take as long as one); a worker still running after it is killed."""
+    import subprocess
+
+    live = [p for p in procs if p is not None and p.poll() is None]
+    for p in live:
+        try:
+            p.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            p.stdin.flush()
+        except (OSError, ValueError):  # its stdin is gone: it is exiting anyway
+            pass
+    deadline = time.monotonic() + timeout
+    for p in live:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -130,13 +130,9 @@ class ChatScreen(Screen):
         self.app.call_from_thread(self._on_exit, proc)
 
     def _stop_worker(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=5)
-            except Exception:
-                self.proc.kill()
+        from coati_tui.generate.worker import stop
+
+        stop(self.proc)
         self.proc = None
 
     def _send(self, req: dict) -> None:

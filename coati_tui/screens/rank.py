@@ -413,14 +413,9 @@ class RankScreen(Screen):
             proc.stdin.flush()
 
     def _stop_workers(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    proc.stdin.write('{"op": "quit"}\n')
-                    proc.stdin.flush()
-                    proc.wait(timeout=5)
-                except Exception:
-                    proc.kill()
+        from coati_tui.generate.worker import stop
+
+        stop(*self.procs)
         self.procs = []
 
     # ---- the loop --------------------------------------------------------------------------------
