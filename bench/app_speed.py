@@ -28,9 +28,9 @@ from pathlib import Path
 
 FIRST_FRAME = r"""
 import time, sys
-from coati_tui import hardware
+from coati_tui.core import hardware
 hardware.profile_early()  # as `coati-tui` does before importing the app
-from coati_tui.app import CoatiApp
+from coati_tui.ui.app import CoatiApp
 async def pilot_fn(pilot):
     app = pilot.app
     while getattr(app.screen, "profile", None) is None:  # Home fills the machine panel with it
@@ -55,9 +55,9 @@ def first_frame(n: int = 5) -> list[float]:
 def flood(rate: int = 1000, seconds: float = 5.0) -> dict:
     from textual.events import Key
 
-    from coati_tui.app import CoatiApp
-    from coati_tui.screens.train import TrainScreen
-    from coati_tui.widgets.loss_plot import LossPlot
+    from coati_tui.ui.app import CoatiApp
+    from coati_tui.ui.screens.train import TrainScreen
+    from coati_tui.ui.widgets.loss_plot import LossPlot
 
     tmp = Path(tempfile.mkdtemp())
     run = tmp / "run"
@@ -130,7 +130,7 @@ def training(steps: int = 60) -> dict:
     """Median trainer tokens/s, headless vs watched by the app."""
     from sample_data_bench import sft_rows
 
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.trainer.tiny import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp())
     model = build_tiny_model(tmp / "model", hidden=128, layers=4)
@@ -141,7 +141,7 @@ def training(steps: int = 60) -> dict:
             "--max-steps", str(steps), "--max-epochs", "10", "--save-interval", "0"]
 
     def speed(run_dir: Path) -> float:
-        from coati_tui import events
+        from coati_tui.core import events
 
         evs = [e for e in events.read(run_dir / "events.jsonl") if e["type"] == "step" and e["step"] >= 5]
         return statistics.median(e["tokens_per_s"] for e in evs)
@@ -157,14 +157,14 @@ def training(steps: int = 60) -> dict:
 
 
 def _watched(model: str, data: str, steps: int, run_dir: Path) -> Path:
-    from coati_tui import runs
-    from coati_tui.app import CoatiApp
-    from coati_tui.screens.train import TrainScreen
-    from coati_tui.train import config
+    from coati_tui.host import runs
+    from coati_tui.ui.app import CoatiApp
+    from coati_tui.ui.screens.train import TrainScreen
+    from coati_tui.host.build import build
 
     overrides = {"lora.rank": 0, "train.batch_size": 8, "train.accumulation_steps": 1, "train.max_len": 128,
                  "train.grad_checkpointing": False, "train.max_epochs": 10}
-    cfg = config.build("sft", model, data, "lora_naive", overrides, max_steps=steps, save_interval=0)
+    cfg = build("sft", model, data, "lora_naive", overrides, max_steps=steps, save_interval=0)
     runs.prepare(cfg, run_dir)
 
     async def main():

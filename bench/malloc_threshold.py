@@ -17,8 +17,8 @@ for thr in ("unset", "131072", "4194304", "33554432"):
     if thr != "unset": env["MALLOC_MMAP_THRESHOLD_"] = thr
     else: env.pop("MALLOC_MMAP_THRESHOLD_", None)
     out = tmp / f"r{thr}"; out.mkdir()
-    from coati_tui import presets
-    from coati_tui.train.config import RunConfig
+    from coati_tui.core import presets
+    from coati_tui.core.run_config import RunConfig
     p = presets.load("lora_naive").with_overrides({"train.batch_size": 8, "train.accumulation_steps": 1, "train.max_len": 256})
     RunConfig(stage="sft", model=str(model), data=str(data), preset=p, max_steps=12, save_interval=0, eval_split=0).write(out)
     proc = subprocess.run([sys.executable, "-m", "coati_tui.train", str(out)], capture_output=True, text=True, env=env)

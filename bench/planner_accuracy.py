@@ -4,7 +4,7 @@
     python bench/planner_accuracy.py --device cuda --arch qwen2.5-0.5b   # on a GPU
 
 Each case runs in a fresh child process with the trainer's environment (coati_tui.procenv): build a Llama from a config (random weights, saved once),
-load it through ``coati_tui.train.strategy.load_model`` exactly as the trainer does, run a few
+load it through ``coati_tui.trainer.strategy.load_model`` exactly as the trainer does, run a few
 optimizer steps at the preset's settings, and measure the peak:
 - on CPU: peak RSS (``ru_maxrss``) minus the RSS after imports and before the model is loaded,
   compared with the planner's RAM estimate minus its ``runtime`` line (the imports);
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from coati_tui.procenv import child_env
+from coati_tui.core.procenv import child_env
 
 ARCHES = {
     # ~60M parameters: small enough for 2 CPU cores, big enough that the model, not Python, dominates
@@ -47,7 +47,7 @@ def build(arch: str, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from coati_tui.tiny import train_tokenizer
+    from coati_tui.trainer.tiny import train_tokenizer
 
     cfg = dict(ARCHES[arch])
     model_type = cfg.pop("model_type")
@@ -65,8 +65,8 @@ def child(model_dir: str, preset_name: str, stage: str, batch: int, seq: int, st
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: F401
 
-    from coati_tui import presets
-    from coati_tui.train.strategy import load_model
+    from coati_tui.core import presets
+    from coati_tui.trainer.strategy import load_model
 
     torch.manual_seed(0)
     preset = presets.load(preset_name).with_overrides({"train.batch_size": batch, "train.max_len": seq})
@@ -99,7 +99,7 @@ def child(model_dir: str, preset_name: str, stage: str, batch: int, seq: int, st
 
 
 def predicted(model_dir: str, preset_name: str, stage: str, batch: int, seq: int, device: str) -> int:
-    from coati_tui import modelinfo, planner, presets
+    from coati_tui.core import modelinfo, planner, presets
 
     arch = modelinfo.Arch.from_config(modelinfo.read_config(model_dir))
     dev, host, _, _ = planner.estimate(arch, presets.load(preset_name), stage, batch, seq, device)
@@ -125,7 +125,7 @@ def main() -> None:
         spec = json.loads(args.child)
         if spec.pop("gc") is False:
             # a preset copy with checkpointing off, written where presets.load can read it
-            from coati_tui import presets
+            from coati_tui.core import presets
 
             p = presets.load(spec["preset_name"])
             path = Path(spec["tmp"]) / f"{p.name}_nogc.toml"
@@ -139,8 +139,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / args.arch
         build(args.arch, model_dir)
-        from coati_tui.modelinfo import Arch, read_config
-        from coati_tui.units import fmt_bytes, fmt_count
+        from coati_tui.core.modelinfo import Arch, read_config
+        from coati_tui.core.units import fmt_bytes, fmt_count
 
         params = Arch.from_config(read_config(model_dir)).param_count()
         print(f"# planner accuracy: {args.arch} ({fmt_count(params)} params), device {args.device}, "
@@ -162,7 +162,7 @@ def main() -> None:
                     got = json.loads(proc.stdout.strip().splitlines()[-1])
                     pname = preset_name
                     if gc == "off":
-                        from coati_tui import presets
+                        from coati_tui.core import presets
 
                         p = presets.load(preset_name)
                         nogc = Path(tmp) / f"{p.name}_nogc.toml"

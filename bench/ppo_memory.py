@@ -34,7 +34,7 @@ def build(folder: Path, hidden: int, layers: int) -> tuple[Path, Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from coati_tui.tiny import train_tokenizer
+    from coati_tui.trainer.tiny import train_tokenizer
 
     tok = train_tokenizer()
     cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
@@ -101,17 +101,17 @@ def lean(base: str, reward: str, prompts: str, run_dir: str) -> dict:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from coati_tui.train import config
+    from coati_tui.host.build import build
 
     baseline, baseline_rss = _anon(), _rss()
     sampler = PeakSampler()
-    cfg = config.build("ppo", base, prompts, "lora_naive", {
+    cfg = build("ppo", base, prompts, "lora_naive", {
         "train.grad_checkpointing": False, "train.batch_size": ROLLOUT, "ppo.rollout_batch": ROLLOUT,
         "ppo.ppo_epochs": 1, "ppo.max_new_tokens": NEW, "ppo.ptx_coef": 0.0, "ppo.sample_every": 0},
         reward=reward, max_steps=1, eval_split=0.0, save_interval=0)
     Path(run_dir).mkdir(parents=True)
     cfg.write(Path(run_dir))
-    from coati_tui.train import ppo
+    from coati_tui.trainer import ppo
 
     with open(os.devnull, "w") as sink:
         stdout, sys.stdout = sys.stdout, sink
@@ -181,7 +181,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from coati_tui.procenv import child_env
+    from coati_tui.core.procenv import child_env
 
     with tempfile.TemporaryDirectory() as tmp:
         base, reward, prompts = build(Path(tmp), args.hidden, args.layers)
@@ -194,7 +194,7 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
             res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-        from coati_tui.modelinfo import Arch
+        from coati_tui.core.modelinfo import Arch
 
         n_params = Arch.from_config(cfg).param_count("lm")
     mib = 1024 ** 2

@@ -35,10 +35,10 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from coati_tui import presets
+    from coati_tui.core import presets
     from coati_tui.data.tokenize import render
-    from coati_tui.tiny import train_tokenizer
-    from coati_tui.train import ppo
+    from coati_tui.trainer.tiny import train_tokenizer
+    from coati_tui.trainer import ppo
 
     torch.manual_seed(0)
     tok = train_tokenizer()
@@ -48,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         LlamaForCausalLM(cfg).save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        from coati_tui.train.strategy import load_model
+        from coati_tui.trainer.strategy import load_model
 
         preset = presets.load("lora_naive").with_overrides({"train.grad_checkpointing": False})
         base = load_model(tmp, preset, "sft", "cpu", adapters=False).model
@@ -58,7 +58,7 @@ def main() -> None:
     models = ppo.Lean.__new__(ppo.Lean)
     from peft import LoraConfig, get_peft_model
 
-    from coati_tui.train.strategy import linear_targets
+    from coati_tui.trainer.strategy import linear_targets
 
     models.model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                    target_modules=linear_targets(base, "all-linear")),

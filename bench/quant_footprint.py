@@ -31,7 +31,7 @@ def measure(model: str, quant: str, dtype: str, new: int) -> dict:
     from transformers import GenerationConfig
 
     from coati_tui.data.tokenize import render
-    from coati_tui.generate.worker import load
+    from coati_tui.worker.generate import load
 
     m, tok, info = load(model, quant, dtype)
     text = render(tok, [{"role": "user", "content": "请列出三种水果。 List three fruits, please."}], True)
@@ -61,8 +61,8 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from coati_tui.procenv import child_env
-    from coati_tui.tiny import train_tokenizer
+    from coati_tui.core.procenv import child_env
+    from coati_tui.trainer.tiny import train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer()

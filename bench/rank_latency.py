@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 async def label(model: Path, prompts: Path, store: Path, n: int) -> tuple[list[float], list[float]]:
-    from coati_tui.app import CoatiApp
-    from coati_tui.screens import rank as rank_mod
+    from coati_tui.ui.app import CoatiApp
+    from coati_tui.ui.screens import rank as rank_mod
 
     app = CoatiApp(mode="rank", rank={"model": str(model), "prompts": str(prompts), "store": str(store),
                                        "annotator": "bench", "start": True})
@@ -55,8 +55,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from coati_tui.screens import rank as rank_mod
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.ui.screens import rank as rank_mod
+    from coati_tui.trainer.tiny import build_tiny_model
 
     rank_mod.SAMPLING["max_new_tokens"] = args.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:

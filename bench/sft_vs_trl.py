@@ -34,7 +34,7 @@ def build(folder: Path) -> tuple[Path, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from coati_tui.tiny import train_tokenizer
+    from coati_tui.trainer.tiny import train_tokenizer
 
     tok = train_tokenizer()
     cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,

@@ -29,10 +29,10 @@ def timed(fn, n=5):
 def main() -> None:
     cmd = [sys.executable, "-m", "coati_tui", "profile", "--json"]
     print(f"coati-tui profile --json (fresh process): {timed(lambda: subprocess.run(cmd, capture_output=True, check=True)):.3f} s")
-    from coati_tui import hardware
+    from coati_tui.core import hardware
 
     print(f"hardware.profile() in process:             {timed(hardware.profile):.4f} s")
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.trainer.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -9,10 +9,10 @@ import sys
 def main() -> None:
     args = sys.argv[1:]
     if not args or (len(args) == 2 and args[0] == "--model"):
-        from coati_tui import hardware
+        from coati_tui.core import hardware
 
         hardware.profile_early()
-        from coati_tui.app import run_app
+        from coati_tui.ui.app import run_app
 
         run_app(model=args[1] if args else None)
         return

@@ -27,14 +27,14 @@ def _isolated_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.trainer.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "causal", "causal")
 
 
 @pytest.fixture(scope="session")
 def tiny_reward_model(tmp_path_factory) -> Path:
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.trainer.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "reward", "reward")
 

@@ -9,8 +9,8 @@ import textwrap
 from arch_configs import ARCHS
 from rich.console import Console
 
-from coati_tui.app import CoatiApp
-from coati_tui.widgets.plan_table import PlanTable
+from coati_tui.ui.app import CoatiApp
+from coati_tui.ui.widgets.plan_table import PlanTable
 
 
 def text_of(widget) -> str:
@@ -66,7 +66,7 @@ async def test_typing_a_model_replans_and_bad_paths_say_why(tmp_path):
 def test_app_process_never_imports_torch():
     code = textwrap.dedent("""
         import asyncio, sys
-        from coati_tui.app import CoatiApp
+        from coati_tui.ui.app import CoatiApp
         async def main():
             app = CoatiApp()
             async with app.run_test() as pilot:
@@ -112,7 +112,7 @@ async def test_data_path_completes_validates_and_previews(tmp_path):
 
 
 async def test_settings_edit_hyperparameters_with_help_and_reach_the_command():
-    from coati_tui.screens.settings import SettingsScreen
+    from coati_tui.ui.screens.settings import SettingsScreen
 
     app = CoatiApp()
     async with app.run_test(size=(120, 45)) as pilot:
@@ -143,9 +143,9 @@ async def test_settings_edit_hyperparameters_with_help_and_reach_the_command():
 
 
 async def test_modes_switch_and_the_headless_command_copies():
-    from coati_tui.screens.chat import ChatScreen
-    from coati_tui.screens.home import HomeScreen
-    from coati_tui.screens.rank import RankScreen
+    from coati_tui.ui.screens.chat import ChatScreen
+    from coati_tui.ui.screens.home import HomeScreen
+    from coati_tui.ui.screens.rank import RankScreen
 
     app = CoatiApp()
     async with app.run_test(size=(100, 40)) as pilot:

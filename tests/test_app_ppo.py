@@ -7,12 +7,12 @@ import os
 from test_app_train import wait_for
 from textual.widgets import Input, RichLog, Static
 
-from coati_tui import runs
-from coati_tui.app import CoatiApp
-from coati_tui.screens.home import HomeScreen
-from coati_tui.screens.runs import RunsScreen
-from coati_tui.screens.train import TrainScreen
-from coati_tui.widgets.loss_plot import LossPlot
+from coati_tui.host import runs
+from coati_tui.ui.app import CoatiApp
+from coati_tui.ui.screens.home import HomeScreen
+from coati_tui.ui.screens.runs import RunsScreen
+from coati_tui.ui.screens.train import TrainScreen
+from coati_tui.ui.widgets.loss_plot import LossPlot
 
 
 async def test_demo_from_home_follows_its_runs_cancels_and_resumes():

@@ -6,11 +6,11 @@ import time
 
 from sample_data import sft_records, write_jsonl
 
-from coati_tui.app import CoatiApp
-from coati_tui.screens.runs import RunsScreen
-from coati_tui.screens.train import TrainScreen
-from coati_tui.widgets.loss_plot import LossPlot
-from coati_tui.widgets.plan_table import PlanTable
+from coati_tui.ui.app import CoatiApp
+from coati_tui.ui.screens.runs import RunsScreen
+from coati_tui.ui.screens.train import TrainScreen
+from coati_tui.ui.widgets.loss_plot import LossPlot
+from coati_tui.ui.widgets.plan_table import PlanTable
 
 
 async def wait_for(pilot, cond, timeout=60.0):
@@ -85,9 +85,9 @@ async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(
 
     from conftest import transformers_major
 
-    from coati_tui import events
+    from coati_tui.core import events
 
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.trainer.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", intermediate=256)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
@@ -128,11 +128,11 @@ async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(
 async def test_the_app_reattaches_to_a_run_that_kept_training(tiny_model, tmp_path):
     """A run started detached (as the app starts them) trains on without the app; opening the app again
     shows it, and cancelling from there stops it cleanly."""
-    from coati_tui import runs
-    from coati_tui.train import config
+    from coati_tui.host import runs
+    from coati_tui.host.build import build
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
-    cfg = config.build("sft", str(tiny_model), data, "lora_naive",
+    cfg = build("sft", str(tiny_model), data, "lora_naive",
                        {"lora.rank": 4, "train.batch_size": 2, "train.accumulation_steps": 1, "train.max_len": 64,
                         "train.max_epochs": 50, "train.grad_checkpointing": False})
     run = runs.prepare(cfg)

@@ -5,8 +5,8 @@ import json
 
 from test_app_train import wait_for
 
-from coati_tui.app import CoatiApp
-from coati_tui.screens.chat import ChatScreen
+from coati_tui.ui.app import CoatiApp
+from coati_tui.ui.screens.chat import ChatScreen
 
 
 async def test_chat_round_trip_saves_and_reopens_the_transcript(tiny_model):
@@ -57,8 +57,8 @@ async def test_a_bad_model_path_is_one_clear_error_and_the_app_keeps_working(tmp
 async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_path):
     import shutil
 
-    from coati_tui import paths
-    from coati_tui.widgets.run_picker import RunPicker
+    from coati_tui.core import paths
+    from coati_tui.ui.widgets.run_picker import RunPicker
 
     for name in ("sft-1-模型", "rm-2"):  # two finished runs (the picker needs only config.toml and final/)
         run = paths.runs_dir() / name

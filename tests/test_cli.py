@@ -28,7 +28,7 @@ def test_profile_json_without_a_gpu():
 
 
 def test_profile_never_imports_torch():
-    code = ("import sys; from coati_tui import hardware; hardware.profile(); "
+    code = ("import sys; from coati_tui.core import hardware; hardware.profile(); "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

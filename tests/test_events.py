@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from coati_tui import events, runs
+from coati_tui.core import events
+from coati_tui.host import runs
 
 
 def test_make_checks_required_fields_and_kinds():

@@ -7,8 +7,8 @@ import sys
 import pytest
 from conftest import transformers_major
 
-from coati_tui import events
-from coati_tui.generate.worker import spawn
+from coati_tui.core import events
+from coati_tui.worker.generate import spawn
 
 
 def cli(*args, timeout=300):
@@ -18,7 +18,7 @@ def cli(*args, timeout=300):
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory):
     """A tiny Llama whose linear widths are multiples of 64 (bitsandbytes' CPU kernels want that)."""
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.trainer.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("gen") / "m", intermediate=256)
 
@@ -108,7 +108,7 @@ def test_quant_gptq_on_a_plain_folder_says_how_to_make_one(tiny_model):
 def test_stop_asks_workers_to_quit_and_kills_one_that_will_not(tmp_path):
     """``stop`` (Chat and Rank leaving, or loading another model): a worker that obeys quit exits on its
     own; one that ignores it is killed at the deadline; a finished process and None are left be."""
-    from coati_tui.generate.worker import stop
+    from coati_tui.worker.generate import stop
 
     def child(code: str):
         return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

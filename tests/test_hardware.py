@@ -1,6 +1,6 @@
 import sys
 
-from coati_tui import hardware
+from coati_tui.core import hardware
 
 
 def test_profile_has_cpu_disk_and_stacks():
@@ -45,7 +45,7 @@ def test_cuda_build_detection():
 
 
 def test_units():
-    from coati_tui.units import fmt_bytes, parse_bytes
+    from coati_tui.core.units import fmt_bytes, parse_bytes
 
     assert parse_bytes("12GiB") == 12 * 1024**3 and parse_bytes("24 GB") == 24 * 10**9
     assert parse_bytes("512M") == 512 * 1024**2 and parse_bytes(1000) == 1000

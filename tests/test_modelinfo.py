@@ -3,7 +3,7 @@ import json
 import pytest
 from arch_configs import ARCHS
 
-from coati_tui.modelinfo import Arch, ModelError, read_config, resolve_model
+from coati_tui.core.modelinfo import Arch, ModelError, read_config, resolve_model
 
 
 @pytest.mark.parametrize("name", sorted(ARCHS))

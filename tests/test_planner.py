@@ -1,9 +1,9 @@
 import pytest
 from arch_configs import ARCHS
 
-from coati_tui import planner, presets
-from coati_tui.hardware import CPU, GPU, Profile
-from coati_tui.modelinfo import Arch
+from coati_tui.core import planner, presets
+from coati_tui.core.hardware import CPU, GPU, Profile
+from coati_tui.core.modelinfo import Arch
 
 GIB = 1024**3
 LLAMA7B = Arch.from_config(ARCHS["llama2-7b"][0])

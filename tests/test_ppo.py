@@ -8,7 +8,7 @@ import sys
 import pytest
 from sample_data import sft_records, write_jsonl
 
-from coati_tui import events
+from coati_tui.core import events
 
 PPO_SMALL = ["--lora-rank", "4", "--batch-size", "2", "--rollout-batch", "4", "--max-new-tokens", "8",
              "--ppo-epochs", "1", "--max-len", "64", "--no-grad-checkpointing", "--preset", "lora_naive"]
@@ -105,9 +105,9 @@ def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model, layout):
     import torch
     from transformers import AutoTokenizer
 
-    from coati_tui import presets
+    from coati_tui.core import presets
     from coati_tui.data.tokenize import end_token, prepare_sft, render
-    from coati_tui.train import ppo, strategy
+    from coati_tui.trainer import ppo, strategy
 
     preset = presets.load("lora_naive").with_overrides(
         {"lora.rank": 4, "train.batch_size": 4, "train.grad_checkpointing": False, "ppo.max_new_tokens": 6,

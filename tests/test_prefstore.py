@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from coati_tui import prefstore
+from coati_tui.data import prefstore
 from coati_tui.data import formats
-from coati_tui.prefstore import Store, StoreError
+from coati_tui.data.prefstore import Store, StoreError
 
 ZH = [{"role": "user", "content": "请列出三种水果。"}]
 EN = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "List three fruits."}]
@@ -108,14 +108,15 @@ def test_cli_export_counts_and_errors(tmp_path):
 
 
 def test_runs_snapshot_the_store_at_their_start(tmp_path, tiny_model):
-    from coati_tui import runs
-    from coati_tui.train import config
+    from coati_tui.host import runs
+    from coati_tui.core.run_config import RunConfig
+    from coati_tui.host.build import build
 
     s, (p1, *_) = filled(tmp_path / "p.sqlite")
-    cfg = config.build("rm", str(tiny_model), str(tmp_path / "p.sqlite"), "lora_naive", {})
+    cfg = build("rm", str(tiny_model), str(tmp_path / "p.sqlite"), "lora_naive", {})
     run_dir = runs.prepare(cfg, tmp_path / "run")
     snap = tmp_path / "run" / "prefs-p.jsonl"
-    assert config.RunConfig.read(run_dir).data == str(snap)
+    assert RunConfig.read(run_dir).data == str(snap)
     assert len(formats.load_preferences(snap)) == 2
     s.judge(s.pair(s.add_pair(1, ans("a"), ans("b"), False)).id, "A", "ann")  # labels go on after the start
     assert len(formats.load_preferences(snap)) == 2 and len(formats.load_preferences(tmp_path / "p.sqlite")) == 3
@@ -172,7 +173,7 @@ def test_bad_files_give_one_clear_error(tmp_path, kind):
 
 WRITER = textwrap.dedent("""
     import sys
-    from coati_tui.prefstore import Store
+    from coati_tui.data.prefstore import Store
     s = Store(sys.argv[1])
     who, n = sys.argv[2], int(sys.argv[3])
     prompt = s.add_prompt([{"role": "user", "content": "题目 " + who}], "typed")

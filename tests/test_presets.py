@@ -1,7 +1,7 @@
 import pytest
 
-from coati_tui import presets
-from coati_tui.presets import PresetError
+from coati_tui.core import presets
+from coati_tui.core.presets import PresetError
 
 SHIPPED = {"lora_naive", "qlora_naive", "gemini_offload", "gemini_offload_all", "zero2_cpu"}
 

@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from coati_tui.procenv import child_env
+from coati_tui.core.procenv import child_env
 
 
 def test_child_env_pins_malloc_and_keeps_the_users_choice():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from coati_tui import quantize as q
+from coati_tui.worker import quantize as q
 
 
 def run(*args, timeout=600):
@@ -27,7 +27,7 @@ def test_group_size_must_split_the_widths():
 
 def test_the_calibration_data_defaults_to_the_runs_own(demo_home):
     sft, ppo = demo_home / "runs" / "demo-sft", demo_home / "runs" / "demo-ppo"
-    from coati_tui.train.config import RunConfig
+    from coati_tui.core.run_config import RunConfig
 
     assert q.default_calib(str(sft / "final")) == RunConfig.read(sft).data
     assert q.default_calib(str(ppo)) == RunConfig.read(ppo).ptx_data

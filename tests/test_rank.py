@@ -7,9 +7,9 @@ import json
 import pytest
 from test_app_train import wait_for
 
-from coati_tui import prefstore
-from coati_tui.app import CoatiApp
-from coati_tui.screens.rank import RankScreen
+from coati_tui.data import prefstore
+from coati_tui.ui.app import CoatiApp
+from coati_tui.ui.screens.rank import RankScreen
 
 
 def prompts_file(tmp_path):
@@ -70,7 +70,7 @@ async def test_a_labeling_session_stores_choices_undo_notes_and_exports(tiny_mod
 
 
 def app_home(tmp_path):
-    from coati_tui import paths
+    from coati_tui.core import paths
 
     return paths.home()
 
@@ -92,11 +92,11 @@ async def test_labels_left_in_the_store_come_back_and_train_rm_starts_a_run(tiny
         assert "at least two" in " ".join(n.message for n in app._notifications)
         await pilot.press("a", "a")
         await pilot.press("ctrl+t")
-        from coati_tui.screens.train import TrainScreen
+        from coati_tui.ui.screens.train import TrainScreen
 
         await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen), timeout=60)
         run_dir = app.screen.run_dir
-        from coati_tui.train.config import RunConfig
+        from coati_tui.core.run_config import RunConfig
 
         cfg = RunConfig.read(run_dir)
         assert cfg.stage == "rm" and cfg.model == str(tiny_model) and cfg.data.endswith("prefs-p.jsonl")
@@ -128,8 +128,8 @@ async def test_a_bad_store_is_one_clear_error(tmp_path, bad):
 
 
 def test_the_next_reward_model_starts_from_the_runs_own_base(demo_home, tiny_model):
-    from coati_tui.screens.rank import rm_base
-    from coati_tui.train.config import RunConfig
+    from coati_tui.ui.screens.rank import rm_base
+    from coati_tui.core.run_config import RunConfig
 
     runs = demo_home / "runs"
     assert rm_base(str(runs / "demo-ppo" / "final")) == RunConfig.read(runs / "demo-ppo").model

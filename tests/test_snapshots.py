@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from coati_tui import hardware
-from coati_tui.app import CoatiApp
-from coati_tui.screens.runs import RunsScreen
-from coati_tui.screens.train import TrainScreen
+from coati_tui.core import hardware
+from coati_tui.ui.app import CoatiApp
+from coati_tui.ui.screens.runs import RunsScreen
+from coati_tui.ui.screens.train import TrainScreen
 
 FIXED = Path("/tmp/coati-tui-snapshots")
 SIZES = [(80, 24), (160, 48)]
@@ -146,7 +146,7 @@ def test_runs_screen(snap, fixed, size):
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")  # stacked at 80, side by side at 160
 def test_rank_screen(snap, fixed, size, monkeypatch):
-    from coati_tui.prefstore import Store
+    from coati_tui.data.prefstore import Store
 
     monkeypatch.setenv("COATI_TUI_ANNOTATOR", "ann")
     store = Store(fixed / "prefs.sqlite")

@@ -3,8 +3,8 @@
 import pytest
 from conftest import transformers_major
 
-from coati_tui import modelinfo, presets
-from coati_tui.train.strategy import load_model
+from coati_tui.core import modelinfo, presets
+from coati_tui.trainer.strategy import load_model
 
 torch = pytest.importorskip("torch")
 

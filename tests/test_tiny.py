@@ -46,7 +46,7 @@ def test_seed_makes_weights_reproducible(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from coati_tui.tiny import build_tiny_model
+    from coati_tui.trainer.tiny import build_tiny_model
 
     a = load_file(build_tiny_model(tmp_path / "a", seed=3) / "model.safetensors")
     b = load_file(build_tiny_model(tmp_path / "b", seed=3) / "model.safetensors")

@@ -9,7 +9,7 @@ import sys
 import pytest
 from sample_data import preference_records, sft_records, write_jsonl
 
-from coati_tui import events
+from coati_tui.core import events
 
 HAVE_COLOSSALAI = importlib.util.find_spec("colossalai") is not None
 
@@ -159,8 +159,8 @@ def test_malformed_data_stops_before_anything_starts(tiny_model, tmp_path):
 
 def test_a_data_error_in_the_child_is_an_error_event(tiny_model, tmp_path):
     """The child checks too (a run folder can be started by hand or by the app)."""
-    from coati_tui import presets
-    from coati_tui.train.config import RunConfig
+    from coati_tui.core import presets
+    from coati_tui.core.run_config import RunConfig
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')
@@ -180,9 +180,9 @@ def test_colossalai_presets_say_what_is_missing(tiny_model, sft_data, tmp_path):
     assert proc.returncode == 2
     assert "zero2_cpu" in proc.stderr and "CUDA" in proc.stderr  # no GPU here: the first thing missing
 
-    from coati_tui import presets
-    from coati_tui.train.common import MissingDependency
-    from coati_tui.train.strategy import check_requirements
+    from coati_tui.core import presets
+    from coati_tui.trainer.loop import MissingDependency
+    from coati_tui.trainer.strategy import check_requirements
 
     with pytest.raises(MissingDependency) as info:
         check_requirements(presets.load("gemini_offload"))

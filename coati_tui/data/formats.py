@@ -61,7 +61,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
         return
     suffix = path.suffix.lower()
     if suffix in (".sqlite", ".sqlite3", ".db"):  # the ranking pane's preference store: its A/B judgments
-        from coati_tui.prefstore import Store, StoreError
+        from coati_tui.data.prefstore import Store, StoreError
 
         try:
             with Store(path, create=False) as store:

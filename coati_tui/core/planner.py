@@ -1,0 +1,383 @@
+"""Memory planner: peak GPU and CPU bytes for every preset x stage, from ``config.json`` alone.
+
+Pure functions, no torch. The estimate reads the same preset fields the trainer uses (strategy,
+precision, LoRA rank and targets, quantization, offload fractions, gradient checkpointing, batch size,
+sequence length), so planner and trainer cannot disagree about what a preset is.
+
+How the bytes are counted (per device; ``w`` = bytes per element of the compute dtype):
+- weights: ``P*w``; 4-bit NF4 linears ~0.52 B/param (with double quantization), int8 1 B/param.
+- LoRA: fp32 adapter weights, gradients and two AdamW moments: 16 B per trainable parameter.
+- full fine-tune, plain PyTorch: weights + gradients + AdamW moments, all in the weight dtype.
+- Gemini: bf16 weights (``param_frac`` of them in CPU RAM) whose chunks are reused for gradients;
+  fp32 master + moments, 12 B/param (``optim_frac`` of them in CPU RAM); two chunks of working buffer.
+- ZeRO-2 + CPU offload: bf16 weights and bf16 gradients on the GPU; fp32 master, moments and fp32
+  gradients (16 B/param) in CPU RAM.
+- activations: what autograd saves per token per decoder layer for a Llama-style block under SDPA
+  attention (RMSNorm's fp32 copies, linear inputs, SwiGLU's three intermediates, attention q/k/v/out,
+  LoRA's fp32 dropout copies and masks), times layers, plus one layer's working set in backward.
+  With gradient checkpointing only each layer's input is kept, and one layer is recomputed at a time.
+- logits: ``tokens * vocab * (w + 8)``: the logits, the loss's log-softmax and its gradient, + 4 bytes
+  under bf16/fp16 for the fp32 upcast's gradient. A reward model has a one-number head instead.
+- PPO: actor, critic, reference and reward model. With LoRA (memory-lean mode) one base carries the
+  actor and critic adapters, the reference is the base with adapters off, and the reward model is an
+  adapter + head on the same base. Otherwise four models; under Gemini / ZeRO-2 the reference and
+  reward model live in RAM and visit the GPU one at a time. Peak = max(rollout: KV cache of the
+  rollout batch, or the visiting model; update: activations of one micro-batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from coati_tui.core.hardware import Profile
+from coati_tui.core.modelinfo import Arch
+from coati_tui.core.presets import Preset
+from coati_tui.core.units import fmt_bytes
+
+GIB = 1024**3
+STAGES = ("sft", "rm", "ppo")
+CUDA_CONTEXT = int(0.5 * GIB)  # the CUDA context + cuBLAS workspaces; not in max_memory_allocated
+GPU_MARGIN = 0.10  # kept free for the allocator's fragmentation and spikes
+CPU_MARGIN = 0.10  # kept free for the OS and the UI
+RUNTIME_RSS = {"cpu": int(0.8 * GIB), "cuda": int(2.5 * GIB)}  # Python + torch (+ CUDA libraries) resident
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}  # per param, with/without double quant
+
+
+@dataclass
+class Machine:
+    """What the plan is for: this machine (from its profile) or one described on the command line."""
+
+    gpu_total_bytes: int  # 0: no CUDA GPU
+    cpu_total_bytes: int
+    gpu_name: str = ""
+    bf16: bool = True
+    described: bool = False  # a hypothetical machine: assume its stacks are installed
+    stacks: dict = field(default_factory=dict)
+    why_no_gpu: str | None = None
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> "Machine":
+        gpu = profile.gpus[0] if profile.gpus else None
+        return cls(
+            gpu_total_bytes=gpu.total_bytes if gpu else 0,
+            cpu_total_bytes=profile.cpu.ram_total_bytes,
+            gpu_name=gpu.name if gpu else "",
+            bf16=gpu.bf16 if gpu else False,
+            stacks=profile.stacks,
+            why_no_gpu=None if gpu else (profile.nvml_error or "NVML lists no GPU"),
+        )
+
+    @classmethod
+    def described_as(cls, gpu_bytes: int, cpu_bytes: int) -> "Machine":
+        return cls(gpu_total_bytes=gpu_bytes, cpu_total_bytes=cpu_bytes, gpu_name="described GPU", described=True)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpu_total_bytes else "cpu"
+
+    @property
+    def gpu_usable_bytes(self) -> int:
+        return max(0, int(self.gpu_total_bytes * (1 - GPU_MARGIN)) - CUDA_CONTEXT)
+
+    @property
+    def cpu_usable_bytes(self) -> int:
+        return int(self.cpu_total_bytes * (1 - CPU_MARGIN))
+
+
+@dataclass
+class Row:
+    preset: str
+    stage: str
+    device: str  # where the model trains: cuda or cpu
+    precision: str
+    batch_size: int
+    seq_len: int
+    gpu_bytes: int  # peak tensor bytes on the GPU (what torch.cuda.max_memory_allocated reports)
+    cpu_bytes: int  # peak resident bytes in RAM
+    gpu: dict[str, int]  # breakdown, sums to gpu_bytes
+    cpu: dict[str, int]  # breakdown, sums to cpu_bytes
+    status: str  # fits | tight | does_not_fit | unavailable
+    reason: str
+    fix: str | None
+    speed: float
+    alternatives: dict[str, int] = field(default_factory=dict)  # e.g. activations with GC toggled
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "fits"
+
+    def to_dict(self) -> dict:
+        return {"name": self.preset, "fits": self.fits, **asdict(self)}
+
+
+# ---- activation and model-state arithmetic -------------------------------------------------------
+
+def layer_activation_bytes(arch: Arch, w: int, preset: Preset, trainable_norms: bool) -> int:
+    """Bytes autograd saves per token for one decoder layer (see the module docstring)."""
+    H, I = arch.hidden, arch.intermediate
+    Hq = arch.heads * arch.head_dim
+    norm = 4 * H + (w * H if trainable_norms else 0)  # fp32 copy of x (+ normalized x, when its weight trains)
+    attn = w * H + w * (Hq + 2 * Hq + Hq) + w * Hq  # linear input, SDPA q/k/v (kv repeated)/out, o_proj input
+    mlp = w * H + 4 * w * I  # linear input, gate, silu(gate), up, gate*up
+    total = 2 * norm + attn + mlp
+    if preset.lora.rank > 0:
+        per_in = (4 + 1) if preset.lora.dropout > 0 else (4 if w < 4 else 0)  # fp32 dropout output + mask
+        total += sum(per_in * lin.in_features for lin in arch.lora_targets(preset.lora.targets))
+    return total
+
+
+def activation_bytes(arch: Arch, w: int, preset: Preset, tokens: int, gc: bool, head: str) -> int:
+    layer = layer_activation_bytes(arch, w, preset, trainable_norms=preset.full_finetune) * tokens
+    if gc:
+        body = arch.layers * w * arch.hidden * tokens + 2 * layer  # checkpoints + one layer recomputed + its grads
+    else:
+        body = arch.layers * layer + layer  # every layer saved + one layer's backward working set
+    # logits (w) + log-softmax output (4) + its gradient (4); under bf16/fp16 also the fp32 upcast's gradient (4)
+    logits = tokens * arch.vocab * (w + 8 + (4 if w < 4 else 0)) if head == "lm" else tokens * arch.hidden * 4
+    return body + logits
+
+
+def weight_bytes(arch: Arch, preset: Preset, w: int, head: str) -> int:
+    params = arch.param_count(head)
+    if preset.quant.bits == 4:
+        quantized = arch.linear_params_total
+        return int(quantized * NF4_BITS[preset.quant.double_quant] / 8) + (params - quantized) * w
+    if preset.quant.bits == 8:
+        quantized = arch.linear_params_total
+        return quantized + arch.layers * sum(4 * lin.out_features for lin in arch.linears) + (params - quantized) * w
+    return params * w
+
+
+def train_state(arch: Arch, preset: Preset, w: int, head: str,
+                accumulate: bool | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """(device bytes, host bytes) of one trained model's weights, gradients and optimizer states.
+    ``accumulate``: whether gradients are accumulated over micro-batches (default: the preset's
+    accumulation_steps > 1; PPO steps once per backward)."""
+    if accumulate is None:
+        accumulate = preset.train.accumulation_steps > 1
+    params = arch.param_count(head)
+    if preset.strategy == "naive":
+        weights = weight_bytes(arch, preset, w, head)
+        if preset.full_finetune:
+            return {"weights": weights, "gradients": params * w, "optimizer": 2 * params * w}, {}
+        trainable = arch.lora_params(preset.lora.rank, preset.lora.targets)
+        if head == "score":
+            trainable += arch.hidden  # the score head trains with the adapters
+        return {"weights": weights, "lora": 4 * trainable, "gradients": 4 * trainable, "optimizer": 8 * trainable}, {}
+    if preset.strategy == "gemini":
+        on_cpu, optim_cpu = preset.offload.param_frac, preset.offload.optim_frac
+        if preset.offload.placement == "auto":  # Gemini moves what does not fit; plan for the optimizer in RAM
+            on_cpu, optim_cpu = 0.0, 1.0
+        chunk = min(2 * params, 64 * 1024**2 * 2)
+        device = {
+            "weights": int(2 * params * (1 - on_cpu)),
+            "chunk_buffers": 2 * chunk if on_cpu > 0 else chunk,
+            "optimizer": int(12 * params * (1 - optim_cpu)),
+        }
+        host = {"weights_offloaded": int(2 * params * on_cpu), "optimizer_offloaded": int(12 * params * optim_cpu)}
+        if accumulate:  # gradients get chunks of their own, kept where the optimizer states are
+            for where, frac in ((device, 1 - optim_cpu), (host, optim_cpu)):
+                if frac > 0:
+                    where["gradients_accumulated"] = int(2 * params * frac)
+        return device, host
+    if preset.strategy == "zero2_cpu":
+        return (
+            {"weights": 2 * params, "gradients": 2 * params},
+            {"master_weights": 4 * params, "optimizer_offloaded": 8 * params, "gradients_fp32": 4 * params},
+        )
+    raise ValueError(f"unknown strategy {preset.strategy!r}")
+
+
+def _add(into: dict[str, int], more: dict[str, int], prefix: str = "") -> None:
+    for k, v in more.items():
+        into[prefix + k] = into.get(prefix + k, 0) + int(v)
+
+
+def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, device: str,
+             bf16: bool = True) -> tuple[dict[str, int], dict[str, int], dict[str, int], str]:
+    """Peak (device breakdown, host breakdown, alternatives, precision) for one preset x stage."""
+    precision = "fp32" if device == "cpu" else preset.precision
+    if precision == "bf16" and device == "cuda" and not bf16:
+        precision = "fp16"
+    w = DTYPE_BYTES[precision]
+    gc = preset.train.grad_checkpointing
+    dev: dict[str, int] = {}
+    host: dict[str, int] = {"runtime": RUNTIME_RSS[device]}
+    alt: dict[str, int] = {}
+
+    if stage in ("sft", "rm"):
+        head = "lm" if stage == "sft" else "score"
+        tokens = batch * seq_len * (2 if stage == "rm" else 1)  # RM: chosen and rejected in one batch
+        d, h = train_state(arch, preset, w, head)
+        _add(dev, d)
+        _add(host, h)
+        dev["activations"] = activation_bytes(arch, w, preset, tokens, gc, head)
+        alt["activations_with_gc" if not gc else "activations_without_gc"] = activation_bytes(
+            arch, w, preset, tokens, not gc, head)
+        if preset.quant.bits:
+            dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
+    elif stage == "ppo":
+        tokens = batch * seq_len
+        kv = 2 * arch.layers * arch.kv_heads * arch.head_dim * w * tokens
+        acts = activation_bytes(arch, w, preset, tokens, gc, "lm")
+        if preset.strategy == "naive" and not preset.full_finetune:
+            # memory-lean: one base; actor + critic adapters train; reference = adapters off; RM = adapter + head
+            base = weight_bytes(arch, preset, w, "lm")
+            lora = arch.lora_params(preset.lora.rank, preset.lora.targets)
+            dev["weights"] = base + arch.hidden * 4 * 2  # + value and reward heads
+            dev["actor_lora_state"] = 16 * lora
+            dev["critic_lora_state"] = 16 * (lora + arch.hidden)
+            dev["reward_adapter"] = 4 * lora
+            if preset.quant.bits:
+                dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
+            alt["four_separate_models"] = (
+                2 * base + 2 * weight_bytes(arch, preset, w, "score") + 32 * lora + dev["reward_adapter"])
+        else:
+            for name, head in (("actor", "lm"), ("critic", "score")):
+                d, h = train_state(arch, preset, w, head, accumulate=False)
+                _add(dev, d, name + "_")
+                _add(host, h, name + "_")
+            ref, rm = arch.param_count("lm") * w, arch.param_count("score") * w
+            if preset.strategy == "naive":
+                dev["reference"], dev["reward_model"] = ref, rm
+            else:  # kept in RAM; each visits the GPU alone to score a finished rollout
+                host["reference"], host["reward_model"] = ref, rm
+                kv = max(kv, ref, rm)
+        # rollout (KV cache + sampling logits) and update (activations) do not overlap
+        rollout = kv + batch * arch.vocab * 4
+        dev["rollout_or_update"] = max(rollout, acts)
+        alt["rollout_peak"], alt["update_peak"] = rollout, acts
+    else:
+        raise ValueError(f"unknown stage {stage!r} (use {', '.join(STAGES)})")
+
+    if device == "cpu":  # the model trains in RAM: everything lands in the host's column
+        _add(host, dev)  # children run with coati_tui.procenv's malloc settings, so RSS tracks live tensors
+        dev = {}
+    else:
+        params_on_disk = arch.param_count("lm") * 2
+        host["load_staging"] = min(params_on_disk, 5 * 1024**3)  # one safetensors shard in flight
+    return dev, host, alt, precision
+
+
+# ---- verdicts ----------------------------------------------------------------------------------
+
+def unavailable(preset: Preset, machine: Machine) -> tuple[str, str] | None:
+    """(reason, fix) when the stack or hardware rules this preset out here."""
+    if machine.described:
+        return None
+    stacks = machine.stacks
+    if preset.needs.cuda and machine.device != "cuda":
+        return (f"needs an NVIDIA GPU with CUDA; none found ({machine.why_no_gpu})",
+                "run on a machine with an NVIDIA GPU, or pick a naive preset")
+    if preset.needs.colossalai and not stacks.get("colossalai", {}).get("installed"):
+        return "needs colossalai, which is not installed", "pip install 'coati-tui[colossalai]'"
+    torch = stacks.get("torch", {})
+    if machine.device == "cuda" and torch.get("installed") and not torch.get("cuda_build"):
+        return (f"torch {torch.get('version')} is a CPU build; the GPU cannot be used",
+                "pip install --force-reinstall torch  (a CUDA build, from PyPI or download.pytorch.org)")
+    if preset.needs.bitsandbytes or preset.quant.bits:
+        if not stacks.get("bitsandbytes", {}).get("installed"):
+            return "needs bitsandbytes, which is not installed", "pip install bitsandbytes"
+        tf = stacks.get("transformers", {}).get("version") or "0"
+        if machine.device == "cpu" and int(tf.split(".")[0]) < 5:
+            return (f"bitsandbytes 4-bit on CPU needs transformers >= 5; this stack has {tf}",
+                    "use the default install (not the [colossalai] extra), or a CUDA GPU")
+    return None
+
+
+def _biggest(parts: dict[str, int]) -> str:
+    name, size = max(parts.items(), key=lambda kv: kv[1])
+    return f"{name.replace('_', ' ')} {fmt_bytes(size)}"
+
+
+def verdict(row: Row, machine: Machine) -> tuple[str, str]:
+    if row.device == "cuda":
+        if row.gpu_bytes > machine.gpu_usable_bytes:
+            need = row.gpu_bytes + CUDA_CONTEXT
+            status = "tight" if need <= machine.gpu_total_bytes else "does_not_fit"
+            return status, (
+                f"needs {fmt_bytes(need)} GPU ({_biggest(row.gpu)}, + {fmt_bytes(CUDA_CONTEXT)} CUDA context), "
+                f"card has {fmt_bytes(machine.gpu_total_bytes)}, {fmt_bytes(machine.gpu_usable_bytes)} usable "
+                f"with a {GPU_MARGIN:.0%} margin")
+    if row.cpu_bytes > machine.cpu_usable_bytes:
+        status = "tight" if row.cpu_bytes <= machine.cpu_total_bytes else "does_not_fit"
+        return status, (
+            f"needs {fmt_bytes(row.cpu_bytes)} CPU RAM ({_biggest(row.cpu)}), machine has "
+            f"{fmt_bytes(machine.cpu_total_bytes)}, {fmt_bytes(machine.cpu_usable_bytes)} usable")
+    where = (f"{fmt_bytes(row.gpu_bytes + CUDA_CONTEXT)} of {fmt_bytes(machine.gpu_total_bytes)} GPU, "
+             if row.device == "cuda" else "on CPU, ")
+    return "fits", f"{where}{fmt_bytes(row.cpu_bytes)} of {fmt_bytes(machine.cpu_total_bytes)} RAM"
+
+
+@dataclass
+class Plan:
+    model: str
+    model_type: str
+    params: int
+    exact_params: bool
+    machine: Machine
+    rows: list[Row]
+    recommended: str | None
+    recommended_by_stage: dict[str, str | None]
+
+    def to_dict(self) -> dict:
+        m = self.machine
+        return {
+            "model": self.model,
+            "model_type": self.model_type,
+            "params": self.params,
+            "exact_params": self.exact_params,
+            "machine": {"device": m.device, "gpu_name": m.gpu_name, "gpu_total_bytes": m.gpu_total_bytes,
+                        "gpu_usable_bytes": m.gpu_usable_bytes, "cpu_total_bytes": m.cpu_total_bytes,
+                        "described": m.described},
+            "presets": [r.to_dict() for r in self.rows],
+            "recommended": self.recommended,
+            "recommended_by_stage": self.recommended_by_stage,
+        }
+
+
+def plan(arch: Arch, presets: dict[str, Preset], machine: Machine, stages: tuple[str, ...] = STAGES,
+         batch_size: int | None = None, seq_len: int | None = None, model: str = "") -> Plan:
+    rows = []
+    for preset in presets.values():
+        blocked = unavailable(preset, machine)
+        device = machine.device
+        for stage in stages:
+            batch = batch_size or preset.train.batch_size
+            seq = seq_len or preset.train.max_len
+            dev, host, alt, precision = estimate(arch, preset, stage, batch, seq, device, machine.bf16)
+            row = Row(preset.name, stage, device, precision, batch, seq, sum(dev.values()), sum(host.values()),
+                      dev, host, "fits", "", None, preset.speed, alt)
+            if blocked:
+                row.status, row.reason = "unavailable", blocked[0]
+                row.fix = blocked[1]
+            else:
+                row.status, row.reason = verdict(row, machine)
+                if row.status != "fits" and row.device == "cuda" and preset.train.grad_checkpointing is False:
+                    row.fix = "turn on grad_checkpointing"
+            rows.append(row)
+
+    def best(candidates: list[Row]) -> str | None:
+        fitting = [r for r in candidates if r.fits]
+        if not fitting:
+            return None
+        return max(fitting, key=lambda r: (r.speed, -r.gpu_bytes, -r.cpu_bytes)).preset
+
+    by_stage = {s: best([r for r in rows if r.stage == s]) for s in stages}
+    fits_all = [name for name in presets if all(r.fits for r in rows if r.preset == name)]
+    overall = best([r for r in rows if r.preset in fits_all and r.stage == stages[-1]])
+    return Plan(model, arch.model_type, arch.param_count("lm"), arch.exact, machine, rows, overall, by_stage)
+
+
+def smaller(result: Plan, stage: str, failed: str, kind: str) -> Row | None:
+    """After ``failed`` ran out of memory (``kind`` gpu_oom / cpu_oom) in ``stage``: the fastest other
+    preset that fits and needs less of the memory that ran out, or None."""
+    side = "gpu_bytes" if kind == "gpu_oom" and result.machine.device == "cuda" else "cpu_bytes"
+    rows = [r for r in result.rows if r.stage == stage]
+    before = next((r for r in rows if r.preset == failed), None)
+    limit = getattr(before, side) if before else float("inf")
+    options = [r for r in rows if r.preset != failed and r.fits and getattr(r, side) < limit]
+    if not options:
+        return None
+    return max(options, key=lambda r: (r.speed, -getattr(r, side)))

@@ -1,0 +1,88 @@
+"""A run's resolved configuration: what the CLI (or the app) decided, written to ``config.toml``.
+
+The child trainer reads only this file, so a run folder alone says how to reproduce or resume it.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from coati_tui.core import presets
+from coati_tui.core.presets import Preset
+
+STAGES = ("sft", "rm", "ppo")
+RM_LOSSES = ("log_sig", "log_exp")
+
+
+@dataclass
+class RunConfig:
+    stage: str
+    model: str  # resolved model folder (PPO: the actor's start, an SFT output)
+    data: str  # SFT conversations, preference pairs, or PPO prompts
+    preset: Preset = field(default_factory=Preset)
+    eval_data: str = ""  # a separate held-out file; else eval_split of data
+    eval_split: float = 0.05  # share of data held out for eval events
+    max_datasets_size: int = 0  # 0: every record
+    max_steps: int = 0  # 0: max_epochs decides
+    seed: int = 42
+    save_interval: int = 100  # optimizer steps between checkpoints (a cancel always checkpoints)
+    keep_checkpoints: int = 2
+    eval_interval: int = 0  # optimizer steps between evals; 0: once per epoch and at the end
+    template: str = ""  # named fallback chat template; "" = the tokenizer's own
+    loss: str = "log_sig"  # reward model loss
+    tensorboard: bool = False
+    reward: str = ""  # PPO: the reward model (an RM run's output)
+    ptx_data: str = ""  # PPO: SFT data for the PTX loss; "" = no PTX loss
+    task: str = ""  # PPO: a built-in task whose true score eval reports ("demo")
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, not {self.stage!r}")
+        if self.loss not in RM_LOSSES:
+            raise ValueError(f"--loss must be one of {RM_LOSSES}, not {self.loss!r}")
+        if self.stage == "ppo" and not self.reward:
+            raise ValueError("PPO needs --reward (a reward model or an RM run folder)")
+        p = self.preset
+        if self.stage == "ppo" and p.strategy == "gemini" and p.offload.placement == "auto":
+            raise ValueError(f"preset {p.name}: PPO under Gemini needs offload.placement = \"static\"; \"auto\" "
+                             "must see a training step before anything is generated, and PPO generates first")
+        if not 0 <= self.eval_split < 1:
+            raise ValueError(f"--eval-split must be in [0, 1), not {self.eval_split}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["preset"] = self.preset.to_dict()
+        return d
+
+    def write(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / "config.toml"
+        header = (f"# coati-tui run: {self.stage} with preset {self.preset.name}. Resume or replay with\n"
+                  f"#   coati-tui train {self.stage} --resume {run_dir}\n")
+        path.write_text(header + tomli_w.dumps(self.to_dict()), encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunConfig":
+        path = Path(run_dir) / "config.toml"
+        if not path.is_file():
+            raise ValueError(f"{run_dir}: no config.toml (not a coati-tui run folder)")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        preset = presets.from_dict(data.pop("preset"), path, "preset")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        cfg = cls(preset=preset, **data)
+        cfg.validate()
+        return cfg

@@ -1,0 +1,35 @@
+"""Choices -> a validated RunConfig: what the CLI, the app and a retry all call before a run folder exists.
+
+Host side (no torch): the planner picks the preset when the user named none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coati_tui.core import presets
+from coati_tui.core.run_config import RunConfig
+
+
+def build(stage: str, model: str, data: str, preset_name: str | None = None, overrides: dict | None = None,
+          eval_data: str = "", reward: str = "", ptx_data: str = "", **settings) -> RunConfig:
+    """A validated RunConfig from what a user chose. No preset: the planner's pick for this machine.
+    Raises ModelError / PresetError / ValueError with a message fit to show."""
+    from coati_tui.core import hardware, modelinfo, planner
+
+    folder = modelinfo.resolve_model(model)
+    if not preset_name:
+        arch = modelinfo.Arch.from_config(modelinfo.read_config(folder))
+        result = planner.plan(arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()), (stage,))
+        preset_name = result.recommended_by_stage.get(stage) or "lora_naive"
+    preset = presets.load(preset_name).with_overrides(overrides or {}, "overrides")
+    if reward:
+        reward = str(modelinfo.resolve_model(reward).absolute())
+    cfg = RunConfig(stage=stage, model=str(folder.absolute()), data=_abs(data), preset=preset,
+                    eval_data=_abs(eval_data), reward=reward, ptx_data=_abs(ptx_data), **settings)
+    cfg.validate()
+    return cfg
+
+
+def _abs(path: str) -> str:
+    return str(Path(path).expanduser().absolute()) if path else ""

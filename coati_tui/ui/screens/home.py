@@ -1,0 +1,371 @@
+"""The first screen: the machine, the model, and the plan (which preset fits, and why)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from coati_tui.core.units import fmt_bytes, fmt_count
+from coati_tui.ui.widgets.machine import MachinePanel
+from coati_tui.ui.widgets.path_input import PathSuggester
+from coati_tui.ui.widgets.plan_table import PlanTable
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+KIND_NAMES = {"sft": "SFT conversations", "preferences": "preference pairs", "prompts": "PPO prompts"}
+
+DEMO = "demo"
+
+
+class HomeScreen(Screen):
+    BINDINGS = [  # footer order: what a first-time user needs first (the palette has them all)
+        Binding("g", "demo", "Demo", id="demo"),
+        Binding("m", "focus_model", "Model", id="model"),
+        Binding("d", "focus_data", "Data", id="data"),
+        Binding("s", "train('sft')", "SFT", id="train_sft"),
+        Binding("w", "train('rm')", "RM", id="train_rm"),
+        Binding("p", "train('ppo')", "PPO", id="train_ppo"),
+        Binding("u", "runs", "Runs", id="runs"),
+        Binding("e", "settings", "Settings", id="settings"),
+        Binding("b", "toggle_breakdown", "Breakdown", id="breakdown"),
+        Binding("y", "copy_command", "Copy command", id="copy"),
+        Binding("r", "refresh_profile", "Re-profile", id="refresh"),
+    ]
+
+    def __init__(self, model: str | None = None) -> None:
+        super().__init__()
+        self.model = model  # None: the app's --model, else the demo (resolved in compose)
+        self.profile = None
+        self.show_breakdown = False
+        self.overrides: dict = {}  # hyperparameters edited in Settings (e), applied to the run and the plan
+        self.then = ""  # a stage to start as soon as the plan is ready (prefill)
+
+    def compose(self) -> ComposeResult:
+        self.model = self.model or getattr(self.app, "model", None) or DEMO
+        yield Header()
+        with VerticalScroll(id="home"):
+            yield MachinePanel(id="machine")
+            with Vertical(id="model-box"):
+                yield Input(value="" if self.model == DEMO else self.model, id="model-input", compact=True,
+                            placeholder="model folder, run folder or cached hub id (empty: the demo)",
+                            suggester=PathSuggester(dirs_only=True))
+                yield Static(id="model-info")
+                yield Input(id="data-input", compact=True, suggester=PathSuggester(DATA_SUFFIXES),
+                            placeholder="data for the stage: SFT chats, preference pairs or PPO prompts (.jsonl .json .csv .parquet)")
+                yield Static(id="data-info", classes="empty")
+                yield Input(id="reward-input", compact=True, suggester=PathSuggester(dirs_only=True),
+                            placeholder="PPO only: the reward model (an RM run folder)")
+            yield PlanTable(id="plan")
+            yield Static(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#model-box").border_title = "Model"
+        self.query_one("#plan").border_title = "Plan"
+        self.query_one("#plan").focus(scroll_visible=False)  # the screen opens at its top: the machine first
+        self.action_refresh_profile()
+        self._find_live_run()
+
+    @work(thread=True, exclusive=True, group="live")
+    def _find_live_run(self) -> None:
+        """A run that kept training while the app was closed: open it again (the demo as the demo)."""
+        from coati_tui.host import runs
+
+        live = [Path(r["run"]) for r in runs.list_runs()
+                if r["status"] in ("running", "unknown") and runs.alive(Path(r["run"]))]
+        if live:
+            self.app.call_from_thread(self._reattach, live[0])
+
+    def _reattach(self, run_dir: Path) -> None:
+        from coati_tui.host import runs
+        from coati_tui.ui.screens.train import TrainScreen
+
+        demo = run_dir in runs.demo_runs()
+        gpu, ram = self._totals()
+        self.app.push_screen(TrainScreen(None if demo else run_dir, gpu_total=gpu, ram_total=ram, demo=demo))
+        self.notify(f"{run_dir.name} kept training while the app was closed: re-attached. esc goes back.")
+
+    # ---- actions -------------------------------------------------------------------------------
+    def action_refresh_profile(self) -> None:
+        self._profile()
+
+    def action_focus_model(self) -> None:
+        self.query_one("#model-input", Input).focus()
+
+    def action_toggle_breakdown(self) -> None:
+        self.show_breakdown = not self.show_breakdown
+        self._show_detail()
+
+    def action_settings(self) -> None:
+        from coati_tui.ui.screens.settings import SettingsScreen
+
+        table = self.query_one("#plan", PlanTable)
+        if not table.plan or table.row_count == 0:
+            return
+        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+        def applied(result) -> None:
+            if result is not None:
+                self.overrides = result
+                self.notify("Settings: " + (", ".join(f"{k}={v}" for k, v in result.items()) or "preset defaults"))
+                self._plan()
+
+        self.app.push_screen(SettingsScreen(table.presets[name], self.overrides), applied)
+
+    def action_copy_command(self) -> None:
+        """The headless command of the highlighted preset, to the clipboard (OSC 52 terminals)."""
+        text = self.query_one("#detail", Static).render()
+        plain = str(text).split("Headless: ", 1)[-1].split("  (g runs", 1)[0].strip()
+        if plain:
+            self.app.copy_to_clipboard(plain)
+            self.notify(plain, title="Copied")
+
+    def action_focus_data(self) -> None:
+        self.query_one("#data-input", Input).focus()
+
+    def action_runs(self) -> None:
+        from coati_tui.ui.screens.runs import RunsScreen
+
+        self.app.push_screen(RunsScreen())
+
+    def action_train(self, stage: str) -> None:
+        table = self.query_one("#plan", PlanTable)
+        data = self.query_one("#data-input", Input).value.strip()
+        reward = self.query_one("#reward-input", Input).value.strip()
+        if self.model == DEMO:
+            self.notify("No model chosen: press g to run the demo (SFT -> RM -> PPO on a tiny model), "
+                        "or choose a model folder (m).", severity="warning")
+            return
+        if not data or not table.plan or table.row_count == 0:
+            self.notify("Choose the data file first (d).", severity="warning")
+            self.action_focus_data()
+            return
+        if stage == "ppo" and not reward:
+            self.notify("PPO needs a reward model: an RM run folder.", severity="warning")
+            self.query_one("#reward-input", Input).focus()
+            return
+        preset = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        self._start(stage, self.model, data, preset, reward if stage == "ppo" else "")
+
+    def action_demo(self) -> None:
+        """The built-in demo: three real runs (demo-sft, demo-rm, demo-ppo) driven by `coati-tui demo`;
+        a demo still running is re-attached, not restarted."""
+        import shutil
+
+        from coati_tui.host import runs
+        from coati_tui.ui.screens.train import TrainScreen
+
+        live = [p for p in runs.demo_runs() if runs.alive(p)]
+        if not live:
+            for p in runs.demo_runs():
+                shutil.rmtree(p, ignore_errors=True)
+        gpu, ram = self._totals()
+        self.app.push_screen(TrainScreen(live[0] if live else None, start=not live, gpu_total=gpu, ram_total=ram,
+                                         demo=True))
+
+    def prefill(self, model: str, reward: str = "", hint: str = "", data: str = "", then: str = "") -> None:
+        """Set up the next stage from an earlier run's output (the Runs screen's "next stage"); ``then``
+        (a stage) starts it with the planner's pick once the plan is made (the Rank pane's "train RM")."""
+        self.query_one("#model-input", Input).value = model
+        self.query_one("#reward-input", Input).value = reward
+        self.query_one("#data-input", Input).value = data
+        self.model, self.then = model, then
+        self._plan()
+        self.query_one("#data-input", Input).focus()
+        if hint:
+            self.notify(hint, title="Next stage", timeout=10)
+
+    @work(thread=True, exclusive=True, group="start")
+    def _start(self, stage: str, model: str, data: str, preset: str, reward: str = "") -> None:
+        from coati_tui.host import runs
+        from coati_tui.host.build import build
+
+        try:
+            cfg = build(stage, model, data, preset, self._valid_overrides(preset), reward=reward)
+            why = runs.blocked(cfg.preset)
+            if why:
+                raise ValueError(why)
+            run_dir = runs.prepare(cfg)
+        except Exception as exc:  # ModelError, PresetError, DataError, ValueError: all say what is wrong
+            self.app.call_from_thread(self.notify, str(exc), title="Cannot start", severity="error", timeout=15)
+            return
+        self.app.call_from_thread(self._open_run, run_dir)
+
+    def _valid_overrides(self, preset: str) -> dict:
+        """The edited settings this preset takes (ColossalAI's full fine-tune presets keep lora.rank 0)."""
+        from coati_tui.core import presets
+
+        strategy = presets.load(preset).strategy
+        return {k: v for k, v in self.overrides.items() if not (k == "lora.rank" and strategy != "naive")}
+
+    def _totals(self) -> tuple[int, int]:
+        gpu = self.profile.gpus[0].total_bytes if self.profile and self.profile.gpus else 0
+        ram = self.profile.cpu.ram_total_bytes if self.profile else 0
+        return gpu, ram
+
+    def _open_run(self, run_dir) -> None:
+        from coati_tui.ui.screens.train import TrainScreen
+
+        gpu, ram = self._totals()
+        self.app.push_screen(TrainScreen(run_dir, start=True, gpu_total=gpu, ram_total=ram))
+
+    @on(Input.Submitted, "#data-input")
+    def _data_chosen(self, _event) -> None:
+        self.query_one("#plan", PlanTable).focus()
+
+    @on(Input.Changed, "#data-input")
+    def _data_typed(self, event: Input.Changed) -> None:
+        self._sniff(event.value.strip())
+
+    @work(thread=True, exclusive=True, group="sniff")
+    def _sniff(self, path: str) -> None:
+        """Check the whole file as the trainer will (the error names file, line and field) and preview
+        its first records as conversations."""
+        import time
+
+        from textual.worker import get_current_worker
+
+        from coati_tui.data import formats
+
+        time.sleep(0.15)  # typing goes on: only the last value is checked
+        if get_current_worker().is_cancelled:
+            return
+        if not path:
+            text = Text("")
+        elif not Path(path).expanduser().exists():
+            text = Text("no such file yet", style="dim")
+        else:
+            try:
+                kind, count, first = formats.sniff(path)
+                text = _preview(kind, count, first)
+            except formats.DataError as exc:
+                text = Text(str(exc), style="red")
+            except Exception as exc:  # unreadable, a folder without a dataset: say it, keep going
+                text = Text(f"{path}: {exc}", style="red")
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._data_info, text)
+
+    def _data_info(self, text: Text) -> None:
+        info = self.query_one("#data-info", Static)
+        info.update(text)
+        info.set_class(not text.plain, "empty")
+
+    @on(Input.Submitted, "#model-input")
+    def _model_chosen(self, event: Input.Submitted) -> None:
+        self.model = event.value.strip() or DEMO
+        self._plan()
+        self.query_one("#plan", PlanTable).focus()
+
+    @on(DataTable.RowHighlighted, "#plan")
+    def _row_changed(self, _event) -> None:
+        self._show_detail()
+
+    # ---- workers: nothing blocks the event loop ------------------------------------------------
+    @work(thread=True, exclusive=True, group="profile")
+    def _profile(self) -> None:
+        from coati_tui.core import hardware
+
+        prof = hardware.take_early() or hardware.profile()
+        self.app.call_from_thread(self._profiled, prof)
+
+    def _profiled(self, prof) -> None:
+        self.profile = prof
+        self.query_one(MachinePanel).show(prof)
+        self._plan()
+
+    @work(thread=True, exclusive=True, group="plan")
+    def _plan(self) -> None:
+        from coati_tui.core import modelinfo, planner, presets
+        from coati_tui.trainer.tiny import config_dict
+
+        try:
+            cfg = config_dict() if self.model == DEMO else modelinfo.read_config(self.model)
+            arch = modelinfo.Arch.from_config(cfg)
+            from coati_tui.ui.screens.settings import apply_all
+
+            loaded = apply_all(presets.load_all(), self.overrides)
+        except (modelinfo.ModelError, presets.PresetError, OSError) as exc:
+            self.app.call_from_thread(self._plan_failed, str(exc))
+            return
+        result = planner.plan(arch, loaded, planner.Machine.from_profile(self.profile), model=self.model)
+        self.app.call_from_thread(self._planned, result, loaded)
+
+    def _plan_failed(self, message: str) -> None:
+        self.query_one("#model-info", Static).update(Text(message, style="red"))
+        self.query_one("#plan", PlanTable).clear(columns=True)
+        self.query_one("#detail", Static).update("")
+
+    def _planned(self, result, loaded) -> None:
+        name = "built-in demo (tiny Llama)" if self.model == DEMO else self.model
+        exact = "" if result.exact_params else " (unknown family, counted as Llama)"
+        self.query_one("#model-info", Static).update(
+            f"{name}: {result.model_type}, {fmt_count(result.params)} parameters{exact}")
+        self.query_one("#plan", PlanTable).show(result, loaded)
+        self._show_detail()
+        if self.then:
+            stage, self.then = self.then, ""
+            self.action_train(stage)
+
+    def _show_detail(self) -> None:
+        table = self.query_one("#plan", PlanTable)
+        if not table.plan or table.row_count == 0:
+            return
+        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        text = Text()
+        text.append(f"{name}", style="bold")
+        text.append(f"  {table.presets[name].description}\n")
+        for r in table.rows_for(name):
+            text.append(f"{r.stage.upper():4s} ", style="bold")
+            text.append(f"{r.status.replace('_', ' ')}: ", style=("green" if r.fits else "red"))
+            text.append(r.reason + (f"  Fix: {r.fix}" if r.fix else "") + "\n")
+            if self.show_breakdown:
+                for side, parts in (("GPU", r.gpu), ("RAM", r.cpu)):
+                    items = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in parts.items() if v)
+                    if items:
+                        text.append(f"     {side}: {items}\n", style="dim")
+        text.append("Headless: ", style="bold")
+        if self.model == DEMO:
+            text.append("coati-tui demo", style="cyan")
+            text.append("  (g runs it here: SFT -> RM -> PPO on the tiny model, about 2 minutes on a CPU)")
+        else:
+            model = shlex.quote(self.model)
+            data = shlex.quote(self.query_one("#data-input", Input).value.strip() or "DATA")
+            reward = self.query_one("#reward-input", Input).value.strip()
+            from coati_tui.ui.screens.settings import flags
+
+            extra = "".join(" " + shlex.quote(f) for f in flags(self._valid_overrides(name)))
+            text.append(f"coati-tui train sft --model {model} --data {data} --preset {name}{extra}", style="cyan")
+            if reward:
+                text.append(f"\n          coati-tui train ppo --model {model} --reward {shlex.quote(reward)} "
+                            f"--prompts {data} --preset {name}{extra}", style="cyan")
+        self.query_one("#detail", Static).update(text)
+
+
+def _preview(kind: str, count: int, first: list) -> Text:
+    """"✓ 48 SFT conversations" and the first records as conversations, one line per turn."""
+    text = Text.assemble(("✓ ", "green"), f"{count:,} {KIND_NAMES[kind]}")
+    roles = {"user": "cyan", "assistant": "green", "system": "magenta"}
+
+    def turn(role: str, content: str, style: str | None = None) -> None:
+        line = " ".join(content.split())
+        text.append(f"\n  {role:9s} ", style=style or roles.get(role, ""))
+        text.append(line[:200] + ("…" if len(line) > 200 else ""))
+
+    for i, rec in enumerate(first, 1):
+        text.append(f"\n #{i}", style="bold dim")
+        if kind == "preferences":
+            for m in rec.prompt:
+                turn(m["role"], m["content"])
+            turn("chosen", rec.chosen[-1]["content"], "green")
+            turn("rejected", rec.rejected[-1]["content"], "red")
+        else:
+            for m in rec:
+                turn(m["role"], m["content"])
+    return text

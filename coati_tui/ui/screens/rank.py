@@ -1,0 +1,466 @@
+"""Rank: pairwise preference labeling. Two answers to one prompt side by side (stacked when narrow), the
+user picks A, B, tie or skip; every judgment is committed to the preference store (SQLite) before the next
+pair appears, and the labels train the next reward model (ctrl+t) or export (ctrl+e / `coati-tui export
+prefs`).
+
+Answers come from one model (two samples) or two models (one each), written by generation workers (child
+processes, as in Chat) in the background, so the next pairs are ready before this one is judged. Which
+answer goes left is a coin flip, recorded with the pair.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from rich.markdown import Markdown
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Static
+
+from coati_tui.core import events, paths
+from coati_tui.data import prefstore
+from coati_tui.data.formats import DataError, load_prompts
+from coati_tui.ui.widgets.path_input import PathSuggester
+
+AHEAD = 2  # pairs kept ready beyond the one on screen
+SAMPLING = {"temperature": 0.8, "top_p": 0.95, "top_k": 0, "max_new_tokens": 128, "repetition_penalty": 1.0}
+WIDE = 100  # columns from which the answers sit side by side
+
+
+def default_store() -> Path:
+    return paths.home() / "prefs.sqlite"
+
+
+def default_annotator() -> str:
+    try:
+        return os.environ.get("COATI_TUI_ANNOTATOR") or getpass.getuser()
+    except Exception:  # no user name (some containers)
+        return "me"
+
+
+def chat_prompts() -> list[list[dict]]:
+    """Every user turn of the saved chats, with the conversation before it (and the chat's system prompt)."""
+    from coati_tui.ui.screens.chat import chats_dir
+
+    out = []
+    folder = chats_dir()
+    for path in sorted(folder.glob("chat-*.jsonl")) if folder.is_dir() else []:
+        try:
+            lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        except (OSError, json.JSONDecodeError):
+            continue
+        header, msgs = (lines[0], lines[1:]) if lines else ({}, [])
+        system = [{"role": "system", "content": header["system"]}] if header.get("system") else []
+        for i, m in enumerate(msgs):
+            if m.get("role") == "user" and m.get("content", "").strip():
+                out.append(system + msgs[:i + 1])
+    return out
+
+
+def rm_base(spec: str) -> str:
+    """The model a reward model for ``spec`` starts from: a PPO/RM run's own starting model, else ``spec``."""
+    from coati_tui.host.runs import config_of
+
+    cfg = config_of(spec)
+    if cfg is None:
+        return spec
+    return cfg.model if cfg.stage in ("ppo", "rm") else spec
+
+
+class PairArea(Container, can_focus=True):
+    """The two answers; focused while labeling, so the choice keys reach the screen."""
+
+
+class RankScreen(Screen):
+    BINDINGS = [
+        Binding("a", "choose('A')", "A better", id="choose_a"),
+        Binding("b", "choose('B')", "B better", id="choose_b"),
+        Binding("t", "choose('tie')", "Tie", id="tie"),
+        Binding("s", "choose('skip')", "Skip", id="skip"),
+        Binding("u", "undo", "Undo", id="undo"),
+        Binding("n", "note", "Note", id="note"),
+        Binding("ctrl+l", "start", "Start", id="start"),
+        Binding("ctrl+g", "pick_run", "Runs", id="pick_run"),
+        Binding("ctrl+t", "train_rm", "Train RM", id="train_rm"),
+        Binding("ctrl+e", "export", "Export", id="export"),
+        Binding("escape", "focus_pair", "Labels", show=False),
+    ]
+    DEFAULT_CSS = """
+    .rank-row { height: 1; }
+    .rank-row Input { width: 1fr; }
+    #rank-annotator { width: 18; }
+    #rank-status { height: auto; padding: 0 1; color: $text-muted; }
+    #rank-prompt { height: auto; max-height: 6; padding: 0 1; border: round $accent; }
+    #rank-pair { height: 1fr; layout: horizontal; }
+    #rank-pair.stacked { layout: vertical; }
+    #rank-pair:focus-within, #rank-pair:focus { background: $boost; }
+    .answer { width: 1fr; height: 1fr; border: round $primary; padding: 0 1; }
+    .answer.picked { border: round $success; }
+    #rank-note { height: 1; }
+    """
+
+    def __init__(self, options: dict | None = None) -> None:
+        super().__init__()
+        self.options = options
+        self.store: prefstore.Store | None = None
+        self.annotator = ""
+        self.current: prefstore.PairView | None = None
+        self.shown_at = 0.0
+        self.procs: list = []  # Popen per model (one: two samples of it; two: one answer each)
+        self.loaded: dict = {}
+        self.prompts: deque = deque()
+        self.inflight: dict[str, tuple[int, int]] = {}  # request id -> (prompt id, slot)
+        self.partial: dict[int, dict[int, dict]] = {}
+        self.counter = 0
+        self._seeds: dict[str, int] = {}
+        self.latencies: list[float] = []  # keypress -> next pair drawn, seconds (bench/rank_latency.py)
+        self.pending_note = ""
+
+    def compose(self) -> ComposeResult:
+        if self.options is None:
+            self.options = dict(getattr(self.app, "rank_options", {}))
+        o = self.options
+        model = o.get("model") or getattr(self.app, "model", None) or self._latest_model()
+        yield Header()
+        with Horizontal(classes="rank-row"):
+            yield Input(model or "", id="rank-model", compact=True, suggester=PathSuggester(dirs_only=True),
+                        placeholder="model A: a model or run folder")
+            yield Input(o.get("model_b", ""), id="rank-model-b", compact=True, suggester=PathSuggester(dirs_only=True),
+                        placeholder="model B (empty: two samples of A)")
+        with Horizontal(classes="rank-row"):
+            yield Input(o.get("prompts", ""), id="rank-prompts", compact=True,
+                        suggester=PathSuggester((".jsonl", ".json", ".csv", ".parquet")),
+                        placeholder="prompt file (empty: your chat history)")
+            yield Input(str(o.get("store") or default_store()), id="rank-store", compact=True,
+                        suggester=PathSuggester(prefstore.SUFFIXES), placeholder="preference store (.sqlite)")
+            yield Input(o.get("annotator") or default_annotator(), id="rank-annotator", compact=True,
+                        placeholder="annotator")
+        yield Static("", id="rank-status")
+        yield Static("", id="rank-prompt")
+        with PairArea(id="rank-pair"):
+            with VerticalScroll(id="rank-left", classes="answer"):
+                yield Static("", id="rank-a")
+            with VerticalScroll(id="rank-right", classes="answer"):
+                yield Static("", id="rank-b")
+        yield Input(id="rank-note", compact=True, placeholder="n: a note for the next judgment")
+        yield Input(id="rank-typed", compact=True, placeholder="type a prompt; enter puts it next in line")
+        yield Footer()
+
+    def _latest_model(self) -> str:
+        from coati_tui.host import runs
+
+        done = [r for r in runs.list_runs() if r["final"] and r["stage"] in ("ppo", "sft")]
+        done.sort(key=lambda r: r["stage"] != "ppo")  # the newest PPO model first, else the newest SFT
+        return str(Path(done[0]["run"]) / "final") if done else ""
+
+    def on_mount(self) -> None:
+        self.query_one("#rank-left").border_title = "A"
+        self.query_one("#rank-right").border_title = "B"
+        self.query_one("#rank-prompt").border_title = "Prompt"
+        self._arrange(self.size.width)
+        self._open_store()
+        if self.options.get("start") and self.query_one("#rank-model", Input).value.strip():
+            self.action_start()
+        self.query_one(PairArea).focus()
+
+    def on_unmount(self) -> None:
+        self._stop_workers()
+        if self.store:
+            self.store.close()
+
+    def on_resize(self, event) -> None:
+        self._arrange(event.size.width)
+
+    def _arrange(self, width: int) -> None:
+        self.query_one("#rank-pair").set_class(width < WIDE, "stacked")
+
+    # ---- the store -------------------------------------------------------------------------------
+    def _open_store(self) -> bool:
+        path = self.query_one("#rank-store", Input).value.strip() or str(default_store())
+        self.annotator = self.query_one("#rank-annotator", Input).value.strip() or default_annotator()
+        if self.store and self.store.path == Path(path).expanduser():
+            return True
+        if self.store:
+            self.store.close()
+            self.store = None
+        try:
+            self.store = prefstore.Store(path)
+        except prefstore.StoreError as exc:
+            self._status(Text(str(exc), style="red"))
+            self.notify(str(exc), title="Preference store", severity="error", timeout=15)
+            return False
+        self.current = None
+        self._show_next()
+        return True
+
+    def _stats_text(self) -> Text:
+        s = self.store.stats()
+        text = Text.assemble(("labeled ", ""), (str(s["labeled"]), "bold"),
+                             f" · A {s['A']} / B {s['B']} · ties {s['tie']} · skipped {s['skip']}")
+        ready = len(self.store.pending(self.annotator, AHEAD + 50)) - (self.current is not None)
+        text.append(f" · ready {max(ready, 0)}")
+        if len(s["annotators"]) > 1:
+            text.append(" · " + ", ".join(f"{a} {n}" for a, n in s["annotators"].items()))
+        if s["agreement"] is not None:
+            text.append(f" · agreement {s['agreement']:.0%} of {s['shared_pairs']}")
+        return text
+
+    def _status(self, extra: Text | str = "") -> None:
+        text = self._stats_text() if self.store else Text()
+        gen = self._gen_state()
+        if gen:
+            text.append(f" · {gen}", style="italic")
+        if extra:
+            text = Text.assemble(text, "\n", extra) if text.plain else Text(extra) if isinstance(extra, str) else extra
+        self.query_one("#rank-status", Static).update(text)
+
+    def _gen_state(self) -> str:
+        if not self.procs:
+            return ""
+        waiting = [n for n, p in zip("AB", self.procs) if n not in self.loaded]
+        if waiting:
+            return f"loading model {' and '.join(waiting)}…"
+        if self.inflight:
+            return "writing the next pair…"
+        return "" if self.prompts else "no prompts left: type one below"
+
+    # ---- showing pairs ---------------------------------------------------------------------------
+    def _show_next(self, pair_id: int | None = None) -> None:
+        if pair_id is None:
+            pending = self.store.pending(self.annotator, 1) if self.store else []
+            pair_id = pending[0] if pending else None
+        if pair_id is None:
+            self.current = None
+            self.query_one("#rank-prompt", Static).update(Text(
+                "No pair to judge yet. Give model A (and B) and press ctrl+l to generate pairs from the prompt file "
+                "or your chat history; type prompts in the line at the bottom.", style="dim"))
+            self.query_one("#rank-a", Static).update("")
+            self.query_one("#rank-b", Static).update("")
+        else:
+            self.current = self.store.pair(pair_id)
+            self.shown_at = time.perf_counter()
+            self.query_one("#rank-prompt", Static).update(_prompt_text(self.current.prompt))
+            # Rich's Markdown renders in this frame (Textual's Markdown widget parses in a thread and mounts
+            # later): the next pair is whole on the first refresh after the key
+            self.query_one("#rank-a", Static).update(Markdown(self.current.left or "*(empty answer)*"))
+            self.query_one("#rank-b", Static).update(Markdown(self.current.right or "*(empty answer)*"))
+            self.query_one("#rank-left").scroll_home(animate=False)
+            self.query_one("#rank-right").scroll_home(animate=False)
+        self._status()
+
+    def action_choose(self, choice: str) -> None:
+        t0 = time.perf_counter()
+        if self.current is None or self.store is None:
+            self.notify("No pair on screen.", severity="warning")
+            return
+        note = self.query_one("#rank-note", Input).value.strip()
+        self.store.judge(self.current.id, choice, self.annotator, note, round(t0 - self.shown_at, 3))  # committed
+        self.query_one("#rank-note", Input).value = ""
+        self._show_next()
+        self.call_after_refresh(lambda: self.latencies.append(time.perf_counter() - t0))
+        self._pump()
+
+    def action_undo(self) -> None:
+        if self.store is None:
+            return
+        pair_id = self.store.undo(self.annotator)
+        if pair_id is None:
+            self.notify("Nothing to undo.", severity="warning")
+            return
+        self._show_next(pair_id)
+        self.notify("Took back the last judgment: judge this pair again.")
+
+    def action_note(self) -> None:
+        self.query_one("#rank-note", Input).focus()
+
+    @on(Input.Submitted, "#rank-note")
+    def action_focus_pair(self) -> None:
+        self.query_one(PairArea).focus()
+
+    @on(Input.Submitted, "#rank-store")
+    @on(Input.Submitted, "#rank-annotator")
+    def _store_changed(self) -> None:
+        self._open_store()
+        self.action_focus_pair()
+
+    # ---- generation ------------------------------------------------------------------------------
+    @on(Input.Submitted, "#rank-model")
+    @on(Input.Submitted, "#rank-model-b")
+    @on(Input.Submitted, "#rank-prompts")
+    def action_start(self) -> None:
+        """(Re)start generation: the models in the fields, prompts from the file or the chat history."""
+        from coati_tui.worker.generate import spawn
+
+        if not self._open_store():
+            return
+        specs = [self.query_one(f"#{i}", Input).value.strip() for i in ("rank-model", "rank-model-b")]
+        if not specs[0]:
+            self.notify("Give model A: a model folder or a run folder.", severity="warning")
+            self.query_one("#rank-model", Input).focus()
+            return
+        source = self.query_one("#rank-prompts", Input).value.strip()
+        try:
+            prompts = load_prompts(source) if source else chat_prompts()
+        except DataError as exc:
+            self.notify(str(exc), title="Prompts", severity="error", timeout=15)
+            return
+        done = self.store.prompts_with_pairs()
+        fresh = [p for p in prompts if prefstore.prompt_key(p) not in done]
+        random.shuffle(fresh)
+        typed = [p for p in self.prompts if p["source"] == "typed"]
+        self.prompts = deque(typed + [{"messages": p, "source": source or "chat history"} for p in fresh])
+        if not prompts:
+            self.notify("No prompts: no prompt file and no saved chats yet. Type prompts at the bottom.", timeout=10)
+        self._stop_workers()
+        self.loaded, self.inflight, self.partial = {}, {}, {}
+        self.procs = [spawn(s, "none") for s in specs if s]
+        for slot, proc in enumerate(self.procs):
+            threading.Thread(target=self._read, args=(proc, slot), daemon=True).start()
+        self._status()
+        self.action_focus_pair()
+
+    def action_pick_run(self) -> None:
+        """A run's model into model B when that field has focus, else into model A."""
+        from coati_tui.ui.widgets.run_picker import RunPicker
+
+        target = "#rank-model-b" if self.focused is self.query_one("#rank-model-b") else "#rank-model"
+
+        def picked(path: str | None) -> None:
+            if path:
+                self.query_one(target, Input).value = path
+
+        self.app.push_screen(RunPicker(), picked)
+
+    @on(Input.Submitted, "#rank-typed")
+    def _typed(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        event.input.value = ""
+        self.prompts.appendleft({"messages": [{"role": "user", "content": text}], "source": "typed"})
+        if not self.procs:
+            self.notify("Queued. Give model A and press ctrl+l to generate its answers.")
+        self._pump()
+        self._status()
+
+    def _read(self, proc, slot: int) -> None:
+        for ev in events.follow(proc.stdout):
+            self.app.call_from_thread(self._on_event, proc, slot, ev)
+        self.app.call_from_thread(self._on_exit, proc, slot)
+
+    def _on_exit(self, proc, slot: int) -> None:
+        if proc in self.procs and "AB"[slot] not in self.loaded:
+            err = proc.stderr.read()[-400:] if proc.stderr else ""
+            self._status(Text(f"model {'AB'[slot]}'s worker stopped. {err}", style="red"))
+
+    def _on_event(self, proc, slot: int, ev: dict) -> None:
+        if proc not in self.procs:
+            return  # a worker we already replaced
+        kind = ev["type"]
+        if kind == "loaded":
+            self.loaded["AB"[slot]] = ev
+            self._pump()
+        elif kind == "answer":
+            prompt_id, which = self.inflight.pop(ev["id"], (None, None))
+            if prompt_id is None:
+                return
+            self.partial.setdefault(prompt_id, {})[which] = {
+                "text": ev["text"].strip(), "model": self.loaded["AB"[slot]]["model"],
+                "sampling": {**SAMPLING, "seed": self._seeds.get(ev["id"])}, "gen_s": ev["tokens"] / max(ev["tokens_per_s"], 1e-9)}
+            if len(self.partial[prompt_id]) == 2:
+                got = self.partial.pop(prompt_id)
+                self.store.add_pair(prompt_id, got[0], got[1], swapped=random.random() < 0.5)
+                if self.current is None:
+                    self._show_next()
+            self._pump()
+        elif kind == "error":
+            where = "AB"[slot]
+            if where not in self.loaded:
+                self._status(Text(f"model {where}: {ev['kind']}: {ev['message']}", style="red"))
+            self.notify(ev["message"], title=f"model {where}: {ev['kind'].replace('_', ' ')}", severity="error", timeout=10)
+            for rid in [r for r, (_, s) in self.inflight.items() if len(self.procs) == 1 or s == slot]:
+                self.inflight.pop(rid, None)
+        self._status()
+
+    def _pump(self) -> None:
+        """Ask for the next pair while fewer than AHEAD wait beyond the one on screen."""
+        if not self.procs or len(self.loaded) < len(self.procs) or self.inflight or not self.prompts or not self.store:
+            return
+        ready = len(self.store.pending(self.annotator, AHEAD + 1)) - (self.current is not None)
+        if ready >= AHEAD:
+            return
+        item = self.prompts.popleft()
+        prompt_id = self.store.add_prompt(item["messages"], item["source"])
+        seed = random.randrange(2**31)
+        for which in (0, 1):
+            proc = self.procs[which if len(self.procs) == 2 else 0]
+            self.counter += 1
+            rid = f"p{prompt_id}-{which}-{self.counter}"
+            self.inflight[rid] = (prompt_id, which)
+            self._seeds[rid] = seed + (which if len(self.procs) == 1 else 0)  # one model: two different samples
+            req = {"op": "generate", "id": rid, "messages": item["messages"], **SAMPLING, "seed": self._seeds[rid]}
+            proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
+            proc.stdin.flush()
+
+    def _stop_workers(self) -> None:
+        from coati_tui.worker.generate import stop
+
+        stop(*self.procs)
+        self.procs = []
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def action_export(self) -> None:
+        if self.store is None:
+            return
+        out_dir = paths.home() / "exports"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        written = []
+        for fmt in ("coati", "trl"):
+            out = out_dir / f"prefs-{stamp}-{fmt}.jsonl"
+            n, left_out = prefstore.export(self.store.path, fmt, out)
+            written.append(str(out))
+        self.notify(f"{n} pairs written (ties {left_out['tie']}, skips {left_out['skip']}, conflicts "
+                    f"{left_out['conflict']} left out):\n" + "\n".join(written), title="Exported", timeout=15)
+
+    async def action_train_rm(self) -> None:
+        """Train the next reward model on the labels so far: the Train mode's Home, set up and started
+        (the planner picks the preset as for any run; the run snapshots the store at its start)."""
+        if self.store is None:
+            return
+        records, _ = self.store.preferences()
+        if len(records) < 2:
+            self.notify("Label at least two pairs (A or B) first.", severity="warning")
+            return
+        model = self.query_one("#rank-model", Input).value.strip()
+        if not model:
+            self.notify("Model A decides the reward model's starting point: give it first.", severity="warning")
+            return
+        from coati_tui.ui.screens.home import HomeScreen
+
+        base = rm_base(model)
+        await self.app.switch_mode("train")
+        while not isinstance(self.app.screen, HomeScreen):
+            self.app.pop_screen()
+        self.app.screen.prefill(base, data=str(self.store.path), then="rm",
+                                hint=f"Reward model on {len(records)} labeled pairs from {self.store.path.name}, "
+                                     f"starting from {base}.")
+
+
+def _prompt_text(messages: list[dict]) -> Text:
+    text = Text()
+    earlier = messages[:-1]
+    if earlier:
+        text.append(f"({len(earlier)} earlier turn{'s' if len(earlier) > 1 else ''}) ", style="dim")
+    text.append(messages[-1]["content"])
+    return text

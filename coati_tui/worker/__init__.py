@@ -1,0 +1,1 @@
+"""The generation worker child process (imports torch): load a model, stream tokens; quantize."""
