@@ -15,6 +15,8 @@ from pathlib import Path
 
 
 class ModelError(ValueError):
+    kind = "config"
+
     """A model reference that cannot be used; the message says what was tried."""
 
 

@@ -221,7 +221,7 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
         tokens = batch * seq_len
         kv = 2 * arch.layers * arch.kv_heads * arch.head_dim * w * tokens
         acts = activation_bytes(arch, w, preset, tokens, gc, "lm")
-        if preset.strategy == "naive" and not preset.full_finetune:
+        if preset.ppo_lean:
             # memory-lean: one base; actor + critic adapters train; reference = adapters off; RM = adapter + head
             base = weight_bytes(arch, preset, w, "lm")
             lora = arch.lora_params(preset.lora.rank, preset.lora.targets)

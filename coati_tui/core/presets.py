@@ -26,6 +26,8 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 class PresetError(ValueError):
+    kind = "config"
+
     def __init__(self, file: str | Path, key: str | None, message: str):
         self.file, self.key = str(file), key
         where = f"{file}: {key}: " if key else f"{file}: "
@@ -122,6 +124,12 @@ class Preset:
     @property
     def full_finetune(self) -> bool:
         return self.lora.rank == 0
+
+    @property
+    def ppo_lean(self) -> bool:
+        """PPO's layout, decided here once for the planner and the trainer: True is the memory-lean one
+        (one base carries actor and critic adapters; reference = adapters off), False four models."""
+        return self.strategy == "naive" and not self.full_finetune and self.ppo.memory_lean
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -24,3 +24,22 @@ def child_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str
         env.setdefault(key, value)
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (torchrun's rendezvous, a one-process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rank() -> int:
+    """This process's rank under torchrun / ``colossalai run`` (0 when launched alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world() -> int:
+    """How many processes the launcher started (1 when launched alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -34,6 +34,8 @@ ROLE_ALIASES = {
 
 
 class DataError(ValueError):
+    kind = "data"
+
     """One bad record: names the file, where in it (line/row/record) and the field."""
 
     def __init__(self, file: str | Path, where: str | None, field: str | None, message: str):

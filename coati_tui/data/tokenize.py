@@ -27,6 +27,8 @@ FALLBACK_TEMPLATES = {
 
 
 class TemplateError(ValueError):
+    kind = "config"
+
     """The chat template cannot be trained on safely; the message says why and what to do."""
 
 

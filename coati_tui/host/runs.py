@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coati_tui.core import events, paths
-from coati_tui.core.procenv import child_env
+from coati_tui.core.procenv import child_env, free_port
 
 
 @dataclass
@@ -29,14 +29,6 @@ class Launch:
     @property
     def distributed(self) -> bool:
         return self.nproc_per_node > 1 or self.nnodes > 1
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def new_run_dir(stage: str, model: str, root: Path | None = None) -> Path:

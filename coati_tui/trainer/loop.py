@@ -21,45 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from coati_tui.core import events
+from coati_tui.core import events, procenv
+from coati_tui.core.errors import ConfigError, MissingDependency, error_kind
 from coati_tui.core.run_config import RunConfig
 
 log = logging.getLogger("coati_tui.train")
-
-
-class MissingDependency(RuntimeError):
-    """A package or CUDA that this run needs is missing; the message says how to get it."""
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def error_kind(exc: BaseException) -> str:
-    from coati_tui.data.formats import DataError
-    from coati_tui.data.tokenize import TemplateError
-    from coati_tui.core.presets import PresetError
-
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
-        return "gpu_oom"
-    if isinstance(exc, MemoryError):
-        return "cpu_oom"
-    if isinstance(exc, DataError):
-        return "data"
-    if isinstance(exc, (TemplateError, PresetError, ConfigError)):
-        return "config"
-    if isinstance(exc, (MissingDependency, ImportError)):
-        return "missing_dependency"
-    return "crash"
 
 
 @dataclass
@@ -75,7 +41,7 @@ class Run:
     def __init__(self, run_dir: str | Path, echo=sys.stdout):
         self.dir = Path(run_dir).absolute()
         self.cfg = RunConfig.read(self.dir)
-        self.main = is_main_process()
+        self.main = procenv.rank() == 0
         self.emit = events.Emitter(self.dir / "events.jsonl", echo=echo, enabled=self.main)
         self.stop_requested = False
         self.tb = None
@@ -158,13 +124,13 @@ class Run:
             tmp.mkdir(parents=True)
         strategy.barrier()
         write(tmp)
-        rank = int(os.environ.get("RANK", "0"))  # each process's own random state: its own samples resume
+        rank = procenv.rank()  # each process's own random state: its own samples resume
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()},
                    tmp / ("rng.pt" if rank == 0 else f"rng-{rank}.pt"))
         strategy.barrier()
         if self.main:
             (tmp / "state.json").write_text(json.dumps(state.__dict__))
-            (tmp / "launch.json").write_text(json.dumps({"processes": _world()}))
+            (tmp / "launch.json").write_text(json.dumps({"processes": procenv.world()}))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoint whole
             for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
@@ -182,16 +148,16 @@ class Run:
             return state_cls()
         ckpt = found[-1]
         read(ckpt)
-        own = ckpt / f"rng-{os.environ.get('RANK', '0')}.pt"
+        own = ckpt / f"rng-{procenv.rank()}.pt"
         rng = torch.load(own if own.is_file() else ckpt / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         state = state_cls(**json.loads((ckpt / "state.json").read_text()))
         self.info(f"resumed from {ckpt} (step {state.step})", step=state.step)
         launch = ckpt / "launch.json"
-        before = json.loads(launch.read_text())["processes"] if launch.is_file() else _world()
-        if before != _world():
-            message = (f"{ckpt} was written by {before} process(es), this run has {_world()}: each process's "
+        before = json.loads(launch.read_text())["processes"] if launch.is_file() else procenv.world()
+        if before != procenv.world():
+            message = (f"{ckpt} was written by {before} process(es), this run has {procenv.world()}: each process's "
                        f"share of the data from here on differs from the uninterrupted run's (resume with "
                        f"--nproc-per-node / --nnodes as before to repeat it)")
             log.warning(message)

@@ -463,7 +463,7 @@ def main(run_dir: str | Path) -> None:
 
         device = strat.pick_device()
         precision = strat.pick_precision(preset, device)
-        lean = not preset.full_finetune and pp.memory_lean and preset.strategy == "naive"
+        lean = preset.ppo_lean
         if lean:  # adapters on one base: its parts are called directly, gradients averaged by hand
             strategy = strat.Naive(device, precision)
             base = strat.load_model(cfg.model, preset, "sft", device, pad_token_id=pad_id, adapters=False).model

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from coati_tui.core.errors import MissingDependency, transformers_major
 from coati_tui.core.presets import Preset
 
 
@@ -60,7 +61,7 @@ def load_model(model_dir: str | Path, preset: Preset, stage: str, device: str | 
     device = device or pick_device()
     precision = pick_precision(preset, device)
     dtype = torch_dtype(precision)
-    kwargs: dict = {"dtype": dtype} if _transformers_major() >= 5 else {"torch_dtype": dtype}
+    kwargs: dict = {"dtype": dtype} if transformers_major() >= 5 else {"torch_dtype": dtype}
     kwargs["attn_implementation"] = "sdpa"
     if preset.quant.bits:
         from transformers import BitsAndBytesConfig
@@ -137,19 +138,12 @@ def linear_targets(model, targets: str | list) -> list[str]:
     return sorted(names)
 
 
-def _transformers_major() -> int:
-    import importlib.metadata as md
-
-    return int(md.version("transformers").split(".")[0])
-
-
 # ---- strategies ------------------------------------------------------------------------------------
 
 def check_requirements(preset: Preset) -> None:
     """Before any model is loaded: what the preset needs and this machine lacks, with the fix."""
     import importlib.util
 
-    from coati_tui.trainer.loop import MissingDependency
 
     if preset.needs.colossalai and importlib.util.find_spec("colossalai") is None:
         raise MissingDependency(f"preset {preset.name} needs colossalai: pip install 'coati-tui[colossalai]' "
@@ -169,7 +163,7 @@ def distributed_env() -> tuple[int, int]:
     """(rank, world size); a lone process gets a one-process group's variables."""
     import os
 
-    from coati_tui.host.runs import free_port
+    from coati_tui.core.procenv import free_port
 
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",

@@ -26,11 +26,12 @@ import time
 
 
 from coati_tui.core import events
+from coati_tui.core.errors import CoatiError, error_kind, transformers_major
 
 QUANTS = ("none", "8bit", "4bit", "gptq")  # gptq: the folder must be a GPTQ checkpoint (they load as such anyway)
 
 
-class WorkerError(Exception):
+class WorkerError(CoatiError):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
@@ -56,7 +57,7 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     gptq = (config.get("quantization_config") or {}).get("quant_method") == "gptq"
-    kwargs: dict = {"dtype" if _tf_major() >= 5 else "torch_dtype": torch_dtype}
+    kwargs: dict = {"dtype" if transformers_major() >= 5 else "torch_dtype": torch_dtype}
     if quant == "gptq" and not gptq:
         raise WorkerError("config", f"{folder} is not a GPTQ checkpoint (its config.json has no GPTQ "
                                     "quantization_config): make one with `coati-tui quantize`")
@@ -68,7 +69,7 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     elif quant in ("4bit", "8bit"):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise WorkerError("missing_dependency", f"--quant {quant} needs bitsandbytes: pip install bitsandbytes")
-        if device == "cpu" and _tf_major() < 5:
+        if device == "cpu" and transformers_major() < 5:
             raise WorkerError("missing_dependency", f"bitsandbytes {quant} on CPU needs transformers >= 5 "
                                                     "(this stack pins an older one); use a CUDA GPU or --quant none")
         from transformers import BitsAndBytesConfig
@@ -101,12 +102,6 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     info = {"model": str(folder), "device": device, "dtype": dtype, "quant": quant, "memory_bytes": memory,
             "load_s": time.perf_counter() - t0, "end_token_id": end_id}
     return model_obj, tokenizer, info
-
-
-def _tf_major() -> int:
-    import importlib.metadata as md
-
-    return int(md.version("transformers").split(".")[0])
 
 
 class Worker:
@@ -173,18 +168,6 @@ class Worker:
         self.cancelled.discard(rid)
         self.emit("answer", id=rid, text="".join(pieces), tokens=len(new), tokens_per_s=len(new) / max(dt, 1e-9),
                   stop=stop)
-
-
-def error_kind(exc: BaseException) -> str:
-    if isinstance(exc, WorkerError):
-        return exc.kind
-    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return "gpu_oom"
-    if isinstance(exc, MemoryError):
-        return "cpu_oom"
-    if isinstance(exc, ImportError):
-        return "missing_dependency"
-    return "crash"
 
 
 def main(argv: list[str] | None = None) -> int:
