@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from coati_tui.core.tiny import config_dict
+
 SPECIAL_TOKENS = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<unk>"]
 END_TOKEN = "<|end|>"
 
@@ -75,24 +77,6 @@ def train_tokenizer(vocab_size: int = 1024, corpus: list[str] | None = None):
         model_max_length=2048,
         model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: Llama takes none
     )
-
-
-def config_dict(vocab_size: int = 1024, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                intermediate: int | None = None, max_positions: int = 1024) -> dict:
-    """The tiny Llama's config as plain data: the app plans the demo model from it without torch."""
-    return {
-        "model_type": "llama",
-        "vocab_size": vocab_size,
-        "hidden_size": hidden,
-        # ~2.75x hidden, rounded up to a multiple of 64: the 4-bit CPU kernels (bitsandbytes NF4, GPTQ's
-        # int4 matmul) need whole groups of 64 per row, so the demo quantizes and chats in 4-bit on a CPU
-        "intermediate_size": intermediate or -(-hidden * 11 // 4 // 64) * 64,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "max_position_embeddings": max_positions,
-        "tie_word_embeddings": False,
-    }
 
 
 def llama_config(vocab_size: int, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,

@@ -283,7 +283,7 @@ class HomeScreen(Screen):
     @work(thread=True, exclusive=True, group="plan")
     def _plan(self) -> None:
         from coati_tui.core import modelinfo, planner, presets
-        from coati_tui.trainer.tiny import config_dict
+        from coati_tui.core.tiny import config_dict
 
         try:
             cfg = config_dict() if self.model == DEMO else modelinfo.read_config(self.model)
