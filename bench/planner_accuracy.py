@@ -4,7 +4,7 @@
     python bench/planner_accuracy.py --device cuda --arch qwen2.5-0.5b   # on a GPU
 
 Each case runs in a fresh child process with the trainer's environment (coati_tui.procenv): build a Llama from a config (random weights, saved once),
-load it through ``coati_tui.trainer.strategy.load_model`` exactly as the trainer does, run a few
+load it through ``coati_tui.trainer.models.load_model`` exactly as the trainer does, run a few
 optimizer steps at the preset's settings, and measure the peak:
 - on CPU: peak RSS (``ru_maxrss``) minus the RSS after imports and before the model is loaded,
   compared with the planner's RAM estimate minus its ``runtime`` line (the imports);
@@ -66,7 +66,7 @@ def child(model_dir: str, preset_name: str, stage: str, batch: int, seq: int, st
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: F401
 
     from coati_tui.core import presets
-    from coati_tui.trainer.strategy import load_model
+    from coati_tui.trainer.models import load_model
 
     torch.manual_seed(0)
     preset = presets.load(preset_name).with_overrides({"train.batch_size": batch, "train.max_len": seq})

@@ -111,7 +111,7 @@ def lean(base: str, reward: str, prompts: str, run_dir: str) -> dict:
         reward=reward, max_steps=1, eval_split=0.0, save_interval=0)
     Path(run_dir).mkdir(parents=True)
     cfg.write(Path(run_dir))
-    from coati_tui.trainer import ppo
+    from coati_tui.trainer.ppo import recipe as ppo
 
     with open(os.devnull, "w") as sink:
         stdout, sys.stdout = sys.stdout, sink

@@ -38,7 +38,7 @@ def main() -> None:
     from coati_tui.core import presets
     from coati_tui.data.tokenize import render
     from coati_tui.trainer.tiny import train_tokenizer
-    from coati_tui.trainer import ppo
+    from coati_tui.trainer.ppo import lean, rollout
 
     torch.manual_seed(0)
     tok = train_tokenizer()
@@ -48,14 +48,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         LlamaForCausalLM(cfg).save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        from coati_tui.trainer.strategy import load_model
+        from coati_tui.trainer.models import load_model
 
         preset = presets.load("lora_naive").with_overrides({"train.grad_checkpointing": False})
         base = load_model(tmp, preset, "sft", "cpu", adapters=False).model
     n_params = sum(p.numel() for p in base.parameters())
 
     # a stand-in reward model is not timed here; Lean needs one, so give it the base's own folder path
-    models = ppo.Lean.__new__(ppo.Lean)
+    models = lean.Lean.__new__(lean.Lean)
     from peft import LoraConfig, get_peft_model
 
     from coati_tui.trainer.strategy import linear_targets
@@ -75,7 +75,7 @@ def main() -> None:
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     pp = preset.ppo
     pp.max_new_tokens, pp.temperature = args.new, 1.0
-    gen = ppo._generation_config(pp, [], tok.pad_token_id)
+    gen = rollout.generation_config(pp, [], tok.pad_token_id)
     gen.eos_token_id = None
     gen.min_new_tokens = args.new  # every answer runs the full length on both sides
 

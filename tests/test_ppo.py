@@ -107,7 +107,13 @@ def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model, layout):
 
     from coati_tui.core import presets
     from coati_tui.data.tokenize import end_token, prepare_sft, render
-    from coati_tui.trainer import ppo, strategy
+    from coati_tui.trainer import models as loader
+    from coati_tui.trainer import strategy
+    from coati_tui.trainer.ppo import lean, separate
+    from coati_tui.trainer.ppo.layout import ADAPTERS
+    from coati_tui.trainer.ppo import recipe as ppo_recipe
+    from coati_tui.trainer.ppo import rollout as ppo_rollout
+    from coati_tui.trainer.ppo import update as ppo_update
 
     preset = presets.load("lora_naive").with_overrides(
         {"lora.rank": 4, "train.batch_size": 4, "train.grad_checkpointing": False, "ppo.max_new_tokens": 6,
@@ -121,20 +127,20 @@ def test_ptx_changes_the_actor_update(tiny_model, tiny_reward_model, layout):
     def actor_after(ptx):
         torch.manual_seed(0)
         if layout == "lean":
-            base = strategy.load_model(tiny_model, preset, "sft", "cpu", adapters=False).model
-            models = ppo.Lean(base, preset, str(tiny_reward_model), str(tiny_model), "cpu", tok, info=lambda m: None)
+            base = loader.load_model(tiny_model, preset, "sft", "cpu", adapters=False).model
+            models = lean.Lean(base, preset, str(tiny_reward_model), str(tiny_model), "cpu", tok, info=lambda m: None)
         else:
             cfg = SimpleNamespace(model=str(tiny_model), reward=str(tiny_reward_model))
-            models = ppo.Separate(preset, cfg, "cpu", tok, info=lambda m: None)
+            models = separate.Separate(preset, cfg, "cpu", tok, info=lambda m: None)
         naive = strategy.Naive("cpu", "fp32")
         models.setup(naive, preset, preset.ppo)
-        models.opts = {w: torch.optim.SGD(models.own[w], lr=1.0) for w in ppo.ADAPTERS}
-        rollout = ppo.Rollout(models, preset.ppo, [end_id], tok.pad_token_id, "cpu",
-                              ppo._generation_config(preset.ppo, [end_id], tok.pad_token_id))
+        models.opts = {w: torch.optim.SGD(models.own[w], lr=1.0) for w in ADAPTERS}
+        rollout = ppo_rollout.Rollout(models, preset.ppo, [end_id], tok.pad_token_id, "cpu",
+                              ppo_rollout.generation_config(preset.ppo, [end_id], tok.pad_token_id))
         with torch.no_grad():
             exp = rollout.make(prompt_ids, kl_coef=0.1)
         before = [p.detach().clone() for p in models.own["actor"]]
-        stats = ppo._update(models, exp, preset.ppo, preset, ptx, ppo.PPOState(), tok.pad_token_id, "cpu", naive)
+        stats = ppo_update.update(models, exp, preset.ppo, preset, ptx, ppo_recipe.PPOState(), tok.pad_token_id, "cpu", naive)
         return [p.detach() - b for p, b in zip(models.own["actor"], before)], stats
 
     plain, stats_plain = actor_after([])

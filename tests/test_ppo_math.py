@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from coati_tui.trainer import ppo_math as M
+from coati_tui.trainer.ppo import math as M
 
 
 def test_response_mask_stops_after_the_first_stop_token_and_drops_padding():

@@ -4,7 +4,7 @@ import pytest
 from conftest import transformers_major
 
 from coati_tui.core import modelinfo, presets
-from coati_tui.trainer.strategy import load_model
+from coati_tui.trainer.models import load_model
 
 torch = pytest.importorskip("torch")
 

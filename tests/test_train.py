@@ -181,7 +181,7 @@ def test_colossalai_presets_say_what_is_missing(tiny_model, sft_data, tmp_path):
     assert "zero2_cpu" in proc.stderr and "CUDA" in proc.stderr  # no GPU here: the first thing missing
 
     from coati_tui.core import presets
-    from coati_tui.trainer.loop import MissingDependency
+    from coati_tui.core.errors import MissingDependency
     from coati_tui.trainer.strategy import check_requirements
 
     with pytest.raises(MissingDependency) as info:

@@ -1,8 +1,6 @@
-"""How a preset becomes a trainable model, and how it is stepped. Runs in the trainer (imports torch lazily).
+"""How a loaded model is stepped. Runs in the trainer (imports torch lazily); ``models.load_model`` loads it.
 
-``load_model`` builds the model for every strategy (plain PyTorch + peft: LoRA, QLoRA on a bitsandbytes
-4-bit base, or full fine-tune); the planner's estimate reads the same preset fields used here. Then a
-strategy object owns the optimizer step, gradient sync, checkpoint IO and memory figures:
+A strategy object owns the optimizer step, gradient sync, checkpoint IO and memory figures:
 - ``Naive``: one process, or torch DDP when launched by torchrun;
 - ``Colossal``: a colossalai Booster with GeminiPlugin, LowLevelZeroPlugin(stage=2, cpu_offload) or,
   for the naive presets under torchrun when colossalai is installed, TorchDDPPlugin.
@@ -10,116 +8,10 @@ strategy object owns the optimizer step, gradient sync, checkpoint IO and memory
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from coati_tui.core.errors import MissingDependency, transformers_major
+from coati_tui.core.errors import MissingDependency
 from coati_tui.core.presets import Preset
-
-
-@dataclass
-class Prepared:
-    model: object  # torch.nn.Module (a PeftModel under LoRA)
-    device: str
-    dtype_name: str  # fp32 | bf16 | fp16
-    trainable_params: int
-    total_params: int
-
-
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_precision(preset: Preset, device: str) -> str:
-    """The preset's precision on a GPU (fp16 where bf16 is missing); fp32 on CPU."""
-    import torch
-
-    if device == "cpu":
-        return "fp32"
-    if preset.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "fp16"
-    return preset.precision
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def load_model(model_dir: str | Path, preset: Preset, stage: str, device: str | None = None,
-               pad_token_id: int | None = None, adapters: bool = True) -> Prepared:
-    """Load ``model_dir`` for ``stage`` ("sft" = causal LM, "rm" = one-label classifier) as ``preset`` says,
-    for every strategy: naive models go to ``device``; under Gemini / ZeRO-2 they stay in CPU RAM in the
-    preset's dtype until the booster wraps them (moving a model that only fits with offload would OOM).
-    ``adapters=False``: the (frozen, possibly quantized) base only; the caller adds its own adapters."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    device = device or pick_device()
-    precision = pick_precision(preset, device)
-    dtype = torch_dtype(precision)
-    kwargs: dict = {"dtype": dtype} if transformers_major() >= 5 else {"torch_dtype": dtype}
-    kwargs["attn_implementation"] = "sdpa"
-    if preset.quant.bits:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=preset.quant.bits == 4,
-            load_in_8bit=preset.quant.bits == 8,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=preset.quant.double_quant,
-            bnb_4bit_compute_dtype=dtype,
-        )
-        kwargs["device_map"] = {"": device}
-    model_dir = Path(model_dir)
-    adapter = (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file()
-    base_dir = model_dir
-    if adapter:  # a LoRA run's output: its base with the adapter merged in
-        import json
-
-        if preset.quant.bits:
-            raise ValueError(f"{model_dir} is a LoRA adapter; merging it into a quantized base is lossy. "
-                             "Train this stage from a merged model, or with a non-quantized preset.")
-        base_dir = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if pad_token_id is not None:
-        kwargs["pad_token_id"] = pad_token_id
-    if stage == "rm":
-        model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
-    if adapter:
-        from peft import PeftConfig, PeftModel
-
-        config = PeftConfig.from_pretrained(model_dir)
-        config.task_type = None  # an SFT (causal) adapter also merges into a reward model's backbone
-        model = PeftModel.from_pretrained(model, model_dir, config=config).merge_and_unload()
-    if not preset.quant.bits and preset.strategy == "naive":
-        model.to(device)  # Gemini / ZeRO place the weights themselves when the booster wraps the model
-    if preset.train.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if not adapters:
-        model.requires_grad_(False)
-    elif not preset.full_finetune:
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(
-            r=preset.lora.rank,
-            lora_alpha=preset.lora.alpha,
-            lora_dropout=preset.lora.dropout,
-            target_modules=preset.lora.targets,
-            task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM",  # SEQ_CLS trains the score head too
-        )
-        model = get_peft_model(model, config)
-        for p in model.parameters():  # adapters train in fp32 whatever the base dtype
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Prepared(model, device, precision, trainable, total)
 
 
 def linear_targets(model, targets: str | list) -> list[str]:
@@ -260,7 +152,7 @@ class Naive:
         if missing:
             raise ValueError(f"{folder}: checkpoint lacks {sorted(missing)[:3]}... (another preset?)")
         self.unwrap(model).load_state_dict(state, strict=False)
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
 
     def save_final(self, model, folder: Path, write) -> None:
         """Whole replicas: the first process writes the final folder; the others wait."""

@@ -1,0 +1,1 @@
+"""PPO with the PTX loss (``recipe.py``), its two model layouts, rollout, update and math."""

@@ -1,0 +1,96 @@
+"""The rollout PPO (and GRPO) learn from: answers sampled in one batched ``generate`` with a KV cache,
+scored by the reward model at their last token, with the log-probabilities of actor and reference."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from coati_tui.trainer.ppo.layout import Layout
+
+
+@dataclass
+class Experience:
+    """One rollout. B answers; P = the prompts' padded width (left padding, so every answer starts in
+    column P); T = the longest answer. Float masks are 1.0 on answer tokens up to and including the
+    stop token, 0.0 after it."""
+
+    ids: Any  # (B, P+T) long: prompts + answers, pad after each answer's end
+    mask: Any  # (B, P+T) long: attention mask
+    resp: Any  # (B, T) long: the answers alone
+    rmask: Any  # (B, T) float: answer-token mask
+    start: int  # P
+    logp: Any  # (B, T) float: the actor's log-probabilities of the sampled tokens (at sampling time)
+    ref_logp: Any  # (B, T) float: the reference's
+    score: Any  # (B,) float: the reward model's score of each answer (clipped to +-reward_clip if set)
+    k1: Any  # (B, T) float: per-token KL estimate logp - ref_logp
+    k3: Any  # (B, T) float: the k3 estimator (non-negative, lower variance)
+    gen_s: float  # seconds spent in generate
+    values: Any = None  # (B, T) float: the critic's values (PPO only)
+    adv: Any = None  # (B, T) float: GAE advantages (whitened when the preset says so)
+    returns: Any = None  # (B, T) float: advantages + values
+
+    @property
+    def answer_tokens(self) -> float:
+        return float(self.rmask.sum())
+
+    def kl_per_answer(self, estimator: str = "k1") -> Any:
+        """(B,) the KL estimate summed over each answer."""
+        return ((self.k1 if estimator == "k1" else self.k3) * self.rmask).sum(-1)
+
+    def texts(self, tokenizer: Any) -> list[str]:
+        rows = (self.resp * self.rmask.long()).tolist()
+        lens = self.rmask.sum(-1).long().tolist()
+        return [tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(rows, lens)]
+
+
+def generation_config(pp: Any, stop_ids: list[int], pad_id: int) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=pp.temperature, top_k=pp.top_k or None,
+                            top_p=pp.top_p, max_new_tokens=pp.max_new_tokens, eos_token_id=stop_ids,
+                            pad_token_id=pad_id, use_cache=True)
+
+
+class Rollout:
+    def __init__(self, models: Layout, pp: Any, stop_ids: list[int], pad_id: int, device: str,
+                 gen_config: Any) -> None:
+        self.models, self.pp, self.stop_ids, self.pad_id = models, pp, stop_ids, pad_id
+        self.device, self.gen_config = device, gen_config
+
+    def make(self, prompt_ids: list[list[int]], kl_coef: float, values: bool = True) -> Experience:
+        import torch
+
+        from coati_tui.trainer.ppo import math as M
+
+        width = max(len(p) for p in prompt_ids)  # left padding: every answer starts in the same column
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompt_ids], device=self.device)
+        pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
+        t0 = time.perf_counter()
+        out = self.models.generate(ids, pmask, self.gen_config)
+        gen_s = time.perf_counter() - t0
+        resp = out[:, width:]
+        rmask = M.response_mask(resp, self.stop_ids, self.pad_id)
+        T = max(1, int(rmask.sum(-1).max()))
+        resp, rmask = resp[:, :T], rmask[:, :T]
+        resp = torch.where(rmask > 0, resp, torch.full_like(resp, self.pad_id))
+        full = torch.cat([ids, resp], 1)
+        mask = torch.cat([pmask, rmask.long()], 1)
+        logp = M.gather_logprobs(self.models.logits("actor", full, mask, width, T), resp)
+        ref_logp = M.gather_logprobs(self.models.logits(None, full, mask, width, T), resp)
+        last = width + M.last_index(rmask)
+        score = self.models.scores(full, mask, last).float()
+        if self.pp.reward_clip:
+            score = score.clamp(-self.pp.reward_clip, self.pp.reward_clip)
+        k1, k3 = M.kl_terms(logp, ref_logp)
+        exp = Experience(ids=full, mask=mask, resp=resp, rmask=rmask, start=width, logp=logp, ref_logp=ref_logp,
+                         score=score, k1=k1, k3=k3, gen_s=gen_s)
+        if values:
+            v = self.models.values(full, mask, width, T) * rmask
+            rewards = M.token_rewards(score, k1, rmask, kl_coef)
+            adv, returns = M.gae(rewards, v, rmask, self.pp.gamma, self.pp.lam)
+            if self.pp.whiten_advantages and rmask.sum() > 1:
+                adv = M.masked_whiten(adv, rmask)
+            exp.values, exp.adv, exp.returns = v, adv, returns
+        return exp

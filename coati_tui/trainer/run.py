@@ -1,0 +1,151 @@
+"""A run folder, live, in the trainer child: events, the log, SIGINT/SIGTERM, checkpoints, errors.
+
+``with Run(run_dir) as run:`` sets up logging and signals; an exception leaving the block becomes one
+``error`` event (its kind from ``core.errors.error_kind``) with the log's tail. Checkpoints are written to
+a temporary folder and renamed (atomic); each process keeps its own random state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from coati_tui.core import events, paths, procenv
+from coati_tui.core.errors import MissingDependency, error_kind
+from coati_tui.core.run_config import RunConfig
+
+log = logging.getLogger("coati_tui.train")
+
+
+class Run:
+    """A run folder, live: events, the log, SIGINT/SIGTERM, checkpoints, and error reporting."""
+
+    def __init__(self, run_dir: str | Path, echo=sys.stdout):
+        self.dir = Path(run_dir).absolute()
+        self.cfg = RunConfig.read(self.dir)
+        self.main = procenv.rank() == 0
+        self.emit = events.Emitter(self.dir / "events.jsonl", echo=echo, enabled=self.main)
+        self.stop_requested = False
+        self.tb = None
+
+    # ---- context: logging, signals, errors ------------------------------------------------------
+    def __enter__(self) -> "Run":
+        handlers = [logging.StreamHandler(sys.stderr)]
+        if self.main:
+            handlers.append(logging.FileHandler(self.dir / "train.log", encoding="utf-8"))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers,
+                            force=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        if self.main:  # so a watcher that attaches later can find (and cancel) this process
+            (self.dir / "pid").write_text(str(os.getpid()))
+        return self
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C: stop now, the last checkpoint stands
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        log.info("signal %s: finishing this step, then a checkpoint", signal.Signals(signum).name)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None and not isinstance(exc, SystemExit):
+            log.error("".join(traceback.format_exception(exc_type, exc, tb)))
+            for h in logging.getLogger().handlers:
+                h.flush()
+            self.emit("error", kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}",
+                      log_tail=self.log_tail())
+            self.emit.close()
+            raise SystemExit(1)
+        self.emit.close()
+        if self.tb:
+            self.tb.close()
+        return False
+
+    def log_tail(self, n: int = 20) -> list[str]:
+        path = self.dir / "train.log"
+        if not path.exists():
+            return []
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:]
+
+    def info(self, message: str, **extra) -> None:
+        log.info(message)
+        self.emit("log", level="info", message=message, **extra)
+
+    def open_tensorboard(self) -> None:
+        if not (self.cfg.tensorboard and self.main):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise MissingDependency("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+        self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+
+    def scalars(self, prefix: str, step: int, values: dict) -> None:
+        if self.tb:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        return paths.checkpoints(self.dir)
+
+    def save_checkpoint(self, state, strategy, write: Callable[[Path], None]) -> Path:
+        """``write(folder)`` stores the model and optimizer parts (every process calls it: sharded
+        strategies save collectively); the run adds the RNG states and ``state`` (a dataclass)."""
+        import torch
+
+        final = self.dir / "checkpoints" / f"step-{state.step}"
+        tmp = self.dir / "checkpoints" / f".tmp-step-{state.step}"
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        strategy.barrier()
+        write(tmp)
+        rank = procenv.rank()  # each process's own random state: its own samples resume
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()},
+                   tmp / ("rng.pt" if rank == 0 else f"rng-{rank}.pt"))
+        strategy.barrier()
+        if self.main:
+            (tmp / "state.json").write_text(json.dumps(state.__dict__))
+            (tmp / "launch.json").write_text(json.dumps({"processes": procenv.world()}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoint whole
+            for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            self.emit("checkpoint", step=state.step, path=str(final))
+        strategy.barrier()
+        return final
+
+    def load_checkpoint(self, read: Callable[[Path], None], state_cls: type):
+        """The last checkpoint's state (``read(folder)`` restores the model parts), or a fresh state."""
+        import torch
+
+        found = self.checkpoints()
+        if not found:
+            return state_cls()
+        ckpt = found[-1]
+        read(ckpt)
+        own = ckpt / f"rng-{procenv.rank()}.pt"
+        rng = torch.load(own if own.is_file() else ckpt / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        state = state_cls(**json.loads((ckpt / "state.json").read_text()))
+        self.info(f"resumed from {ckpt} (step {state.step})", step=state.step)
+        launch = ckpt / "launch.json"
+        before = json.loads(launch.read_text())["processes"] if launch.is_file() else procenv.world()
+        if before != procenv.world():
+            message = (f"{ckpt} was written by {before} process(es), this run has {procenv.world()}: each process's "
+                       f"share of the data from here on differs from the uninterrupted run's (resume with "
+                       f"--nproc-per-node / --nnodes as before to repeat it)")
+            log.warning(message)
+            self.emit("log", level="warning", message=message)
+        return state
