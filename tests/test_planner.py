@@ -140,3 +140,14 @@ def test_fp16_on_cards_without_bf16():
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="unknown stage"):
         _plan(24, 128, stages=("dpo",))
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_ppo_layout_is_decided_once_for_planner_and_trainer(lean):
+    """``ppo.memory_lean = false`` plans as four models (it used to plan as one base and train as four)."""
+    preset = presets.load("lora_naive").with_overrides({"ppo.memory_lean": lean})
+    assert preset.ppo_lean is lean  # what trainer/ppo/recipe.py picks its layout by
+    gpu, _, alternatives, _ = planner.estimate(LLAMA7B, preset, "ppo", 4, 512, "cuda")
+    assert ("reward_adapter" in gpu) is lean
+    assert ("four_separate_models" in alternatives) is lean
+    assert ({"actor_weights", "critic_weights", "reference", "reward_model"} <= set(gpu)) is not lean
