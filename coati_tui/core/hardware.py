@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -45,14 +46,14 @@ class Profile:
     cpu: CPU
     disk_free_bytes: int
     disk_path: str
-    stacks: dict[str, dict] = field(default_factory=dict)
+    stacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     nvml_error: str | None = None  # why the GPU list is empty, when NVML itself was not usable
 
     @property
     def has_cuda_gpu(self) -> bool:
         return bool(self.gpus)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -97,16 +98,16 @@ def _torch_is_cuda_build(dist: md.Distribution) -> bool:
     return any(req.startswith("nvidia-") for req in (dist.requires or []))
 
 
-def stacks() -> dict[str, dict]:
+def stacks() -> dict[str, dict[str, Any]]:
     """``{"torch": {"installed": True, "version": "2.13.0+cpu", "cuda_build": False}, ...}``."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name in STACK_PACKAGES:
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
             out[name] = {"installed": False, "version": None}
             continue
-        entry = {"installed": True, "version": dist.version}
+        entry: dict[str, Any] = {"installed": True, "version": dist.version}
         if name == "torch":
             entry["cuda_build"] = _torch_is_cuda_build(dist)
         out[name] = entry
@@ -140,7 +141,7 @@ def profile(runs_dir: Path | None = None) -> Profile:
     )
 
 
-_early: dict = {}
+_early: dict[str, Any] = {}
 
 
 def profile_early() -> None:
@@ -163,4 +164,5 @@ def take_early() -> Profile | None:
     if thread is None:
         return None
     thread.join()
-    return _early.pop("profile", None)
+    found: Profile | None = _early.pop("profile", None)
+    return found

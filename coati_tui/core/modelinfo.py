@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 
 class ModelError(ValueError):
@@ -23,7 +24,8 @@ class ModelError(ValueError):
 def _hub_cache() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
-    hf_home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    hf_home = (os.environ.get("HF_HOME")
+               or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface")
     return Path(hf_home) / "hub"
 
 
@@ -41,7 +43,7 @@ def _cached_snapshot(hub_id: str) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def resolve_model(spec: str | os.PathLike) -> Path:
+def resolve_model(spec: str | os.PathLike[str]) -> Path:
     """The folder holding ``config.json`` (or ``adapter_config.json``) for ``spec``.
 
     ``spec`` may be a model folder, a coati-tui run folder (its ``final/``), or a hub id that is
@@ -65,7 +67,7 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     )
 
 
-def read_config(spec: str | os.PathLike) -> dict:
+def read_config(spec: str | os.PathLike[str]) -> dict[str, Any]:
     """The model's config as a dict. For a PEFT adapter folder, the config of its base model."""
     folder = resolve_model(spec)
     cfg_file = folder / "config.json"
@@ -76,7 +78,7 @@ def read_config(spec: str | os.PathLike) -> dict:
             raise ModelError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path")
         return read_config(base)
     try:
-        cfg = json.loads(cfg_file.read_text())
+        cfg: dict[str, Any] = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{cfg_file}: not valid JSON ({exc})") from exc
     if "text_config" in cfg and "hidden_size" not in cfg:  # multimodal wrappers: plan the language model
@@ -84,8 +86,18 @@ def read_config(spec: str | os.PathLike) -> dict:
     return cfg
 
 
+class _Family(TypedDict):
+    qkv_bias: bool | None
+    o_bias: bool | None
+    head_dim: int | None
+    tied: bool
+    norms: int
+    qk_norm: bool
+    fused: bool
+
+
 # Per-family defaults that matter for shapes when config.json leaves them out (transformers' defaults).
-_FAMILIES = {
+_FAMILIES: dict[str, _Family] = {
     #          qkv bias, o bias, head_dim default, tied default, norms/layer, qk norm, fused
     "llama":   dict(qkv_bias=None, o_bias=None, head_dim=None, tied=False, norms=2, qk_norm=False, fused=False),
     "mistral": dict(qkv_bias=False, o_bias=False, head_dim=None, tied=False, norms=2, qk_norm=False, fused=False),
@@ -127,7 +139,7 @@ class Arch:
     linears: tuple[Linear, ...]  # one decoder layer's linear modules
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Arch":
+    def from_config(cls, cfg: dict[str, Any]) -> Arch:
         model_type = cfg.get("model_type", "llama")
         fam = _FAMILIES.get(model_type)
         exact = fam is not None
@@ -147,6 +159,7 @@ class Arch:
         o_bias = bias_attr if fam["o_bias"] is None else fam["o_bias"]
         mlp_bias = bool(cfg.get("mlp_bias", False))
         q_out, kv_out = heads * head_dim, kv_heads * head_dim
+        linears: tuple[Linear, ...]
         if fam["fused"]:
             linears = (
                 Linear("qkv_proj", hidden, q_out + 2 * kv_out, qkv_bias),

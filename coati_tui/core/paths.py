@@ -18,3 +18,13 @@ def runs_dir() -> Path:
 def user_presets_dir() -> Path:
     """Extra presets a user drops in; same format as the shipped ones, and they win on a name clash."""
     return home() / "presets"
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run folder's finished checkpoints (``checkpoints/step-N``), oldest first. Half-written ones
+    (``.tmp-step-N``) are not listed."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))

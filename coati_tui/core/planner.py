@@ -28,6 +28,7 @@ How the bytes are counted (per device; ``w`` = bytes per element of the compute 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from coati_tui.core.hardware import Profile
 from coati_tui.core.modelinfo import Arch
@@ -53,11 +54,11 @@ class Machine:
     gpu_name: str = ""
     bf16: bool = True
     described: bool = False  # a hypothetical machine: assume its stacks are installed
-    stacks: dict = field(default_factory=dict)
+    stacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     why_no_gpu: str | None = None
 
     @classmethod
-    def from_profile(cls, profile: Profile) -> "Machine":
+    def from_profile(cls, profile: Profile) -> Machine:
         gpu = profile.gpus[0] if profile.gpus else None
         return cls(
             gpu_total_bytes=gpu.total_bytes if gpu else 0,
@@ -69,7 +70,7 @@ class Machine:
         )
 
     @classmethod
-    def described_as(cls, gpu_bytes: int, cpu_bytes: int) -> "Machine":
+    def described_as(cls, gpu_bytes: int, cpu_bytes: int) -> Machine:
         return cls(gpu_total_bytes=gpu_bytes, cpu_total_bytes=cpu_bytes, gpu_name="described GPU", described=True)
 
     @property
@@ -107,7 +108,7 @@ class Row:
     def fits(self) -> bool:
         return self.status == "fits"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.preset, "fits": self.fits, **asdict(self)}
 
 
@@ -115,7 +116,7 @@ class Row:
 
 def layer_activation_bytes(arch: Arch, w: int, preset: Preset, trainable_norms: bool) -> int:
     """Bytes autograd saves per token for one decoder layer (see the module docstring)."""
-    H, I = arch.hidden, arch.intermediate
+    H, I = arch.hidden, arch.intermediate  # noqa: E741 (H, I: hidden and MLP widths)
     Hq = arch.heads * arch.head_dim
     norm = 4 * H + (w * H if trainable_norms else 0)  # fp32 copy of x (+ normalized x, when its weight trains)
     attn = w * H + w * (Hq + 2 * Hq + Hq) + w * Hq  # linear input, SDPA q/k/v (kv repeated)/out, o_proj input
@@ -321,7 +322,7 @@ class Plan:
     recommended: str | None
     recommended_by_stage: dict[str, str | None]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         m = self.machine
         return {
             "model": self.model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,7 +35,7 @@ class PresetError(ValueError):
         super().__init__(where + message)
 
 
-def _f(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None):
+def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None) -> Any:
     meta = {"help": help, "choices": choices, "min": minimum}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -46,7 +47,7 @@ class Lora:
     rank: int = _f(16, "LoRA rank; 0 trains every weight (full fine-tune)", minimum=0)
     alpha: float = _f(32.0, "LoRA scaling numerator (scale = alpha / rank)", minimum=0)
     dropout: float = _f(0.05, "dropout on the LoRA input", minimum=0)
-    targets: str | list = _f("all-linear", 'modules that get adapters: "all-linear" or a list of names')
+    targets: str | list[str] = _f("all-linear", 'modules that get adapters: "all-linear" or a list of names')
 
 
 @dataclass
@@ -58,8 +59,10 @@ class Quant:
 @dataclass
 class Offload:
     placement: str = _f("static", "Gemini placement: static (fractions below) or auto", choices=("static", "auto"))
-    optim_frac: float = _f(0.0, "share of optimizer states kept in CPU RAM (1.0 = all: frees 12 B/param of VRAM)", minimum=0)
-    param_frac: float = _f(0.0, "share of fp16 weights kept in CPU RAM (frees 2 B/param, costs PCIe traffic)", minimum=0)
+    optim_frac: float = _f(0.0, "share of optimizer states kept in CPU RAM (1.0 = all: frees 12 B/param of VRAM)",
+                           minimum=0)
+    param_frac: float = _f(0.0, "share of fp16 weights kept in CPU RAM (frees 2 B/param, costs PCIe traffic)",
+                           minimum=0)
 
 
 @dataclass
@@ -131,12 +134,12 @@ class Preset:
         (one base carries actor and critic adapters; reference = adapters off), False four models."""
         return self.strategy == "naive" and not self.full_finetune and self.ppo.memory_lean
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("path")
         return d
 
-    def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> "Preset":
+    def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> Preset:
         """A copy with dotted keys replaced (``{"train.batch_size": 8, "lora.rank": 0}``), validated."""
         data = self.to_dict()
         for dotted, value in overrides.items():
@@ -148,7 +151,7 @@ class Preset:
         return from_dict(data, source, self.name)
 
 
-def _check(value: Any, typ: Any, meta: dict, file: str, key: str) -> Any:
+def _check(value: Any, typ: Any, meta: Mapping[str, Any], file: str, key: str) -> Any:
     ok = {
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
         float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -170,7 +173,7 @@ def _check(value: Any, typ: Any, meta: dict, file: str, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict, file: str, prefix: str) -> Any:
+def _build(cls: Any, data: dict[str, Any], file: str, prefix: str) -> Any:
     hints = get_type_hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
@@ -190,7 +193,7 @@ def _build(cls: type, data: dict, file: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def from_dict(data: dict, file: str | Path, name: str) -> Preset:
+def from_dict(data: dict[str, Any], file: str | Path, name: str) -> Preset:
     preset: Preset = _build(Preset, {**data, "name": data.get("name") or name}, str(file), "")
     preset.path = str(file)
     _check_rules(preset, str(file))

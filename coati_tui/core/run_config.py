@@ -10,6 +10,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,7 +61,7 @@ class RunConfig:
         if not 0 <= self.eval_split < 1:
             raise ValueError(f"--eval-split must be in [0, 1), not {self.eval_split}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["preset"] = self.preset.to_dict()
         return d
@@ -73,7 +74,7 @@ class RunConfig:
         return path
 
     @classmethod
-    def read(cls, run_dir: Path) -> "RunConfig":
+    def read(cls, run_dir: Path) -> RunConfig:
         path = Path(run_dir) / "config.toml"
         if not path.is_file():
             raise ValueError(f"{run_dir}: no config.toml (not a coati-tui run folder)")

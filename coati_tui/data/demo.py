@@ -15,6 +15,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 FRUITS = {
     "en": {"liked": ["apple", "mango", "peach", "grape", "cherry", "melon"],
@@ -39,7 +40,7 @@ def answer(items: list[str], lang: str) -> str:
     return SEP[lang].join(items) + END[lang]
 
 
-def true_score(messages: list[dict], response: str) -> float:
+def true_score(messages: list[dict[str, Any]], response: str) -> float:
     """Liked fruits among the first three fruits the answer names (either language; a repeat counts
     again), over 3: an answer of fewer than three fruits cannot score full marks."""
     liked = {f for lang in FRUITS for f in FRUITS[lang]["liked"]}
@@ -115,8 +116,8 @@ STAGES = {
            "settings": {"eval_split": 0.1}},
     "ppo": {"overrides": {"lora.rank": 16, "train.batch_size": 16, "train.lr": 1e-3, "train.max_epochs": 10,
                           "train.max_len": 64, "train.grad_checkpointing": False,
-                          "ppo.rollout_batch": 32, "ppo.temperature": 0.7, "ppo.ppo_epochs": 2, "ppo.max_new_tokens": 24,
-                          "ppo.kl_coef": 0.1, "ppo.ptx_coef": 0.05, "ppo.critic_lr": 2e-3,
+                          "ppo.rollout_batch": 32, "ppo.temperature": 0.7, "ppo.ppo_epochs": 2,
+                          "ppo.max_new_tokens": 24, "ppo.kl_coef": 0.1, "ppo.ptx_coef": 0.05, "ppo.critic_lr": 2e-3,
                           "ppo.sample_every": 2},
             "settings": {"max_steps": 60, "eval_interval": 20, "task": "demo"}},
 }

@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, TypeAlias, TypeVar
 
 ROLE_ALIASES = {
     "user": "user", "human": "user", "prompter": "user",
     "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
     "system": "system",
 }
+
+Message: TypeAlias = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": str}
+Record: TypeAlias = dict[str, Any]  # one raw record of a data file (JSON object, CSV row, dataset row)
+_T = TypeVar("_T")
 
 
 class DataError(ValueError):
@@ -46,14 +51,14 @@ class DataError(ValueError):
 
 @dataclass
 class Pair:
-    prompt: list[dict]
-    chosen: list[dict]
-    rejected: list[dict]
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
 
 
 # ---- files -> (where, record) -------------------------------------------------------------------
 
-def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+def iter_records(path: str | Path) -> Iterator[tuple[str, Record]]:
     """Yield ``("line 3", record)`` for every record of a data file or saved dataset folder."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -108,7 +113,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
                                           "a datasets folder or a .sqlite preference store)")
 
 
-def _iter_dataset_dir(path: Path) -> Iterator[tuple[str, dict]]:
+def _iter_dataset_dir(path: Path) -> Iterator[tuple[str, Record]]:
     try:
         import datasets
     except ImportError as exc:
@@ -133,7 +138,7 @@ def _maybe_json(value: str) -> Any:
     return value
 
 
-def _must_be_object(rec: Any, path: Path, where: str) -> dict:
+def _must_be_object(rec: Any, path: Path, where: str) -> Record:
     if not isinstance(rec, dict):
         raise DataError(path, where, None, f"expected a JSON object, got {type(rec).__name__}")
     return rec
@@ -141,17 +146,17 @@ def _must_be_object(rec: Any, path: Path, where: str) -> dict:
 
 # ---- record -> normal form ----------------------------------------------------------------------
 
-def _text(value: Any, path, where, field) -> str:
+def _text(value: Any, path: str | Path, where: str | None, field: str) -> str:
     if not isinstance(value, str):
         raise DataError(path, where, field, f"expected text, got {type(value).__name__}")
     return value
 
 
-def _messages(value: Any, path, where, field) -> list[dict]:
+def _messages(value: Any, path: str | Path, where: str | None, field: str) -> list[Message]:
     """A message list in any accepted spelling -> [{"role", "content"}]."""
     if not isinstance(value, list) or not value:
         raise DataError(path, where, field, "expected a non-empty list of messages")
-    out = []
+    out: list[Message] = []
     for i, msg in enumerate(value):
         sub = f"{field}[{i}]"
         if not isinstance(msg, dict):
@@ -169,7 +174,7 @@ def _messages(value: Any, path, where, field) -> list[dict]:
     return out
 
 
-def sft_messages(rec: dict, path="<data>", where=None) -> list[dict]:
+def sft_messages(rec: Record, path: str | Path = "<data>", where: str | None = None) -> list[Message]:
     if "messages" in rec or "conversations" in rec:
         field = "messages" if "messages" in rec else "conversations"
         msgs = _messages(rec[field], path, where, field)
@@ -194,20 +199,21 @@ def sft_messages(rec: dict, path="<data>", where=None) -> list[dict]:
     return msgs
 
 
-def _side(value: Any, path, where, field) -> list[dict]:
+def _side(value: Any, path: str | Path, where: str | None, field: str) -> list[Message]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
     return _messages(value, path, where, field)
 
 
-def preference_pair(rec: dict, path="<data>", where=None) -> Pair:
+def preference_pair(rec: Record, path: str | Path = "<data>", where: str | None = None) -> Pair:
     for key in ("chosen", "rejected"):
         if key not in rec:
             raise DataError(path, where, key, f"a preference record needs {key!r}; got keys {sorted(rec)}")
     if "context" in rec or "prompt" in rec:
         field = "context" if "context" in rec else "prompt"
         value = rec[field]
-        prompt = [{"role": "user", "content": value}] if isinstance(value, str) else _messages(value, path, where, field)
+        prompt = ([{"role": "user", "content": value}] if isinstance(value, str)
+                  else _messages(value, path, where, field))
         chosen = _side(rec["chosen"], path, where, "chosen")
         rejected = _side(rec["rejected"], path, where, "rejected")
     else:  # implicit prompt: two whole conversations sharing their opening
@@ -225,9 +231,9 @@ def preference_pair(rec: dict, path="<data>", where=None) -> Pair:
     return Pair(prompt, chosen, rejected)
 
 
-def _load(path: str | Path, limit: int, parse) -> list:
+def _load(path: str | Path, limit: int, parse: Callable[[Record, str | Path, str], _T]) -> list[_T]:
     """Every record through ``parse`` (to normal form); the first bad record stops with a DataError."""
-    out = []
+    out: list[_T] = []
     for where, rec in iter_records(path):
         out.append(parse(rec, path, where))
         if limit and len(out) >= limit:
@@ -237,7 +243,7 @@ def _load(path: str | Path, limit: int, parse) -> list:
     return out
 
 
-def load_sft(path: str | Path, limit: int = 0) -> list[list[dict]]:
+def load_sft(path: str | Path, limit: int = 0) -> list[list[Message]]:
     return _load(path, limit, sft_messages)
 
 
@@ -245,9 +251,10 @@ def load_preferences(path: str | Path, limit: int = 0) -> list[Pair]:
     return _load(path, limit, preference_pair)
 
 
-def prompt_messages(rec: dict, path="<data>", where=None) -> list[dict]:
+def prompt_messages(rec: Record, path: str | Path = "<data>", where: str | None = None) -> list[Message]:
     """A PPO prompt: ColossalChat ``{"messages": [...]}`` (a trailing assistant turn is dropped),
     ``{"prompt": str | messages}``, ``{"instruction", "input"}``, or a CSV row with a prompt column."""
+    field: str | None
     for field in ("messages", "conversations", "context"):
         if field in rec:
             msgs = _messages(rec[field], path, where, field)
@@ -274,15 +281,17 @@ def prompt_messages(rec: dict, path="<data>", where=None) -> list[dict]:
     return msgs
 
 
-def load_prompts(path: str | Path, limit: int = 0) -> list[list[dict]]:
+def load_prompts(path: str | Path, limit: int = 0) -> list[list[Message]]:
     return _load(path, limit, prompt_messages)
 
 
-def sniff(path: str | Path, preview: int = 3) -> tuple[str, int, list]:
+def sniff(path: str | Path, preview: int = 3) -> tuple[str, int, list[Pair | list[Message]]]:
     """What a data file holds, checked whole: ("sft" | "preferences" | "prompts", record count, the first
     ``preview`` records in normal form). The first record decides the kind; a bad record raises
     DataError naming its line. The app validates and previews a file with this as soon as it is typed."""
-    kind, parse, count, first = None, None, 0, []
+    kind, count = "", 0
+    parse: Callable[[Record, str | Path, str], Pair | list[Message]] | None = None
+    first: list[Pair | list[Message]] = []
     for where, rec in iter_records(path):
         if parse is None:
             if "chosen" in rec or "rejected" in rec:

@@ -22,6 +22,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
 
 APP = "coati-tui preference store"
 CHOICES = ("A", "B", "tie", "skip")
@@ -62,14 +64,14 @@ class StoreError(Exception):
 @dataclass
 class PairView:
     id: int
-    prompt: list[dict]
+    prompt: list[dict[str, Any]]
     left: str
     right: str
     left_model: str
     right_model: str
 
 
-def prompt_key(messages: list[dict]) -> str:
+def prompt_key(messages: list[dict[str, Any]]) -> str:
     """A prompt's stored (and unique) form: role and content only, in that order, as JSON."""
     return json.dumps([{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False)
 
@@ -122,54 +124,59 @@ class Store:
         row = self.db.execute("SELECT value FROM coati_meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def _write(self):
+    def _write(self) -> _Tx:
         return _Tx(self.db)
 
     @property
     def version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
+        version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
+        return version
 
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---- writing ----------------------------------------------------------------------------------
-    def add_prompt(self, messages: list[dict], source: str) -> int:
+    def add_prompt(self, messages: list[dict[str, Any]], source: str) -> int:
         text = prompt_key(messages)
         with self._write():
             self.db.execute("INSERT OR IGNORE INTO prompts(messages, source, created) VALUES (?, ?, ?)",
                             (text, source, time.time()))
-            return self.db.execute("SELECT id FROM prompts WHERE messages = ?", (text,)).fetchone()[0]
+            prompt_id: int = self.db.execute("SELECT id FROM prompts WHERE messages = ?", (text,)).fetchone()[0]
+            return prompt_id
 
-    def add_pair(self, prompt_id: int, first: dict, second: dict, swapped: bool) -> int:
+    def add_pair(self, prompt_id: int, first: dict[str, Any], second: dict[str, Any], swapped: bool) -> int:
         """Two answers (``{"text", "model", "sampling", "gen_s"}``; ``first`` is model A's or the first
         sample) stored with the pair as it will be shown: ``swapped`` puts ``first`` on the right."""
         now = time.time()
         with self._write():
-            ids = []
+            ids: list[int] = []
             for r in (first, second):
                 cur = self.db.execute(
                     "INSERT INTO responses(prompt_id, text, model, sampling, gen_s, created) VALUES (?, ?, ?, ?, ?, ?)",
                     (prompt_id, r["text"], r["model"], json.dumps(r.get("sampling", {}), ensure_ascii=False),
                      r.get("gen_s"), now))
-                ids.append(cur.lastrowid)
+                ids.append(_rowid(cur))
             left, right = (ids[1], ids[0]) if swapped else (ids[0], ids[1])
-            return self.db.execute("INSERT INTO pairs(prompt_id, left_id, right_id, swapped, created) VALUES (?, ?, ?, ?, ?)",
-                                   (prompt_id, left, right, int(swapped), now)).lastrowid
+            return _rowid(self.db.execute(
+                "INSERT INTO pairs(prompt_id, left_id, right_id, swapped, created) VALUES (?, ?, ?, ?, ?)",
+                (prompt_id, left, right, int(swapped), now)))
 
-    def judge(self, pair_id: int, choice: str, annotator: str, note: str = "", time_taken_s: float | None = None) -> int:
+    def judge(self, pair_id: int, choice: str, annotator: str, note: str = "",
+              time_taken_s: float | None = None) -> int:
         """Record a judgment; committed (and synced) when this returns."""
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
         with self._write():
-            return self.db.execute(
-                "INSERT INTO comparisons(pair_id, choice, annotator, note, time_taken_s, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (pair_id, choice, annotator, note, time_taken_s, time.time())).lastrowid
+            return _rowid(self.db.execute(
+                "INSERT INTO comparisons(pair_id, choice, annotator, note, time_taken_s, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (pair_id, choice, annotator, note, time_taken_s, time.time())))
 
     def undo(self, annotator: str) -> int | None:
         """Take back this annotator's last judgment (kept, marked undone); returns its pair id."""
@@ -179,21 +186,24 @@ class Store:
             if row is None:
                 return None
             self.db.execute("UPDATE comparisons SET undone = ? WHERE id = ?", (time.time(), row[0]))
-            return row[1]
+            pair_id: int = row[1]
+            return pair_id
 
     def set_note(self, comparison_id: int, note: str) -> None:
         with self._write():
             self.db.execute("UPDATE comparisons SET note = ? WHERE id = ?", (note, comparison_id))
 
-    def last_judgment(self, annotator: str) -> dict | None:
-        row = self.db.execute("SELECT id, pair_id, choice, note FROM comparisons WHERE annotator = ? AND undone IS NULL "
-                              "ORDER BY id DESC LIMIT 1", (annotator,)).fetchone()
+    def last_judgment(self, annotator: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT id, pair_id, choice, note FROM comparisons "
+                              "WHERE annotator = ? AND undone IS NULL ORDER BY id DESC LIMIT 1",
+                              (annotator,)).fetchone()
         return dict(zip(("id", "pair_id", "choice", "note"), row)) if row else None
 
     # ---- reading ----------------------------------------------------------------------------------
     def pair(self, pair_id: int) -> PairView:
         row = self.db.execute(
-            "SELECT p.id, q.messages, l.text, r.text, l.model, r.model FROM pairs p JOIN prompts q ON q.id = p.prompt_id "
+            "SELECT p.id, q.messages, l.text, r.text, l.model, r.model FROM pairs p "
+            "JOIN prompts q ON q.id = p.prompt_id "
             "JOIN responses l ON l.id = p.left_id JOIN responses r ON r.id = p.right_id WHERE p.id = ?",
             (pair_id,)).fetchone()
         if row is None:
@@ -207,7 +217,8 @@ class Store:
             "AND c.annotator = ? AND c.undone IS NULL) ORDER BY p.id LIMIT ?", (annotator, limit))]
 
     def prompts_with_pairs(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT DISTINCT q.messages FROM prompts q JOIN pairs p ON p.prompt_id = q.id")}
+        return {r[0] for r in self.db.execute(
+            "SELECT DISTINCT q.messages FROM prompts q JOIN pairs p ON p.prompt_id = q.id")}
 
     def _latest(self) -> dict[int, dict[str, str]]:
         """pair id -> {annotator: choice}: each annotator's latest standing judgment."""
@@ -217,7 +228,7 @@ class Store:
             out.setdefault(pair_id, {})[annotator] = choice
         return out
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         latest = self._latest()
         counts = {c: 0 for c in CHOICES}
         per_annotator: dict[str, int] = {}
@@ -234,11 +245,12 @@ class Store:
                 "tie": counts["tie"], "skip": counts["skip"], "pairs": pairs, "annotators": per_annotator,
                 "shared_pairs": len(shared), "agreement": (agree / len(shared)) if shared else None}
 
-    def preferences(self) -> tuple[list[dict], dict]:
+    def preferences(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """ColossalChat-form records ``{"context", "chosen", "rejected"}`` (messages with ``from``) for every
         pair whose standing judgments all say A or all say B; and the counts of what was left out."""
         latest = self._latest()
-        records, left_out = [], {"tie": 0, "skip": 0, "conflict": 0}
+        records: list[dict[str, Any]] = []
+        left_out = {"tie": 0, "skip": 0, "conflict": 0}
         rows = {r[0]: r[1:] for r in self.db.execute(
             "SELECT p.id, q.messages, l.text, r.text FROM pairs p JOIN prompts q ON q.id = p.prompt_id "
             "JOIN responses l ON l.id = p.left_id JOIN responses r ON r.id = p.right_id")}
@@ -267,23 +279,30 @@ class _Tx:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
 
-    def __enter__(self):
+    def __enter__(self) -> sqlite3.Connection:
         self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         return False
 
 
-def to_trl(record: dict) -> dict:
+def _rowid(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just made (sqlite3 sets it on every successful INSERT)."""
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def to_trl(record: dict[str, Any]) -> dict[str, Any]:
     """ColossalChat form -> TRL's conversational ``{"prompt", "chosen", "rejected"}`` (role/content)."""
-    def msgs(side):
+    def msgs(side: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"role": m["from"], "content": m["content"]} for m in side]
     return {"prompt": msgs(record["context"]), "chosen": msgs(record["chosen"]), "rejected": msgs(record["rejected"])}
 
 
-def export(store_path: str | Path, fmt: str, out: str | Path) -> tuple[int, dict]:
+def export(store_path: str | Path, fmt: str, out: str | Path) -> tuple[int, dict[str, int]]:
     """Write the store's preferences as JSON lines in ``fmt`` (coati | trl); (records written, left out)."""
     if fmt not in ("coati", "trl"):
         raise ValueError(f"--format must be coati or trl, not {fmt!r}")

@@ -9,8 +9,12 @@ No torch here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
-from coati_tui.data.formats import DataError, Pair
+from coati_tui.data.formats import DataError, Message, Pair
+
+# A transformers (fast) tokenizer; typed loosely so that this module imports no transformers.
+Tokenizer: TypeAlias = Any
 
 # Named fallbacks for tokenizers without a chat template. They end assistant turns with the tokenizer's
 # own EOS token, so no token has to be added (and no embedding row trained from scratch).
@@ -32,7 +36,7 @@ class TemplateError(ValueError):
     """The chat template cannot be trained on safely; the message says why and what to do."""
 
 
-def ensure_template(tokenizer, fallback: str | None = None) -> str:
+def ensure_template(tokenizer: Tokenizer, fallback: str | None = None) -> str:
     """Make sure ``tokenizer`` has a chat template; returns where it came from."""
     if fallback:
         if fallback not in FALLBACK_TEMPLATES:
@@ -45,7 +49,7 @@ def ensure_template(tokenizer, fallback: str | None = None) -> str:
                         + " or --template ".join(FALLBACK_TEMPLATES))
 
 
-def load_tokenizer(model: str, fallback: str | None = None):
+def load_tokenizer(model: str, fallback: str | None = None) -> tuple[Tokenizer, str]:
     """(tokenizer, where its chat template came from): the model's tokenizer with a chat template (its
     own, or the named fallback) and a pad token (EOS when it has none). Imports transformers."""
     from transformers import AutoTokenizer
@@ -57,11 +61,12 @@ def load_tokenizer(model: str, fallback: str | None = None):
     return tokenizer, source
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render(tokenizer: Tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return text
 
 
-def end_token(tokenizer, stop_ids: list[int] | None = None) -> tuple[int, bool]:
+def end_token(tokenizer: Tokenizer, stop_ids: list[int] | None = None) -> tuple[int, bool]:
     """The token that closes assistant turns, and whether generation already stops on it.
 
     Raises TemplateError when assistant turns end without a special token: a model trained on such a
@@ -91,7 +96,8 @@ class Tokenized:
     truncated: bool
 
 
-def assistant_spans(tokenizer, messages: list[dict], end_text: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer: Tokenizer, messages: list[Message],
+                    end_text: str | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of every assistant turn (its content + end token)."""
     full = render(tokenizer, messages)
     spans = []
@@ -110,7 +116,7 @@ def assistant_spans(tokenizer, messages: list[dict], end_text: str | None = None
     return full, spans
 
 
-def tokenize_sft(tokenizer, messages: list[dict], max_len: int, end_text: str | None = None) -> Tokenized:
+def tokenize_sft(tokenizer: Tokenizer, messages: list[Message], max_len: int, end_text: str | None = None) -> Tokenized:
     text, spans = assistant_spans(tokenizer, messages, end_text)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
@@ -122,7 +128,8 @@ def tokenize_sft(tokenizer, messages: list[dict], max_len: int, end_text: str | 
     return Tokenized(ids[:max_len], labels[:max_len], truncated)
 
 
-def tokenize_pair(tokenizer, pair: Pair, max_len: int, end_text: str | None = None) -> tuple[list[int], list[int], bool]:
+def tokenize_pair(tokenizer: Tokenizer, pair: Pair, max_len: int,
+                  end_text: str | None = None) -> tuple[list[int], list[int], bool]:
     """(chosen ids, rejected ids, truncated). Each ends at the answer's end token (what follows it in the
     template is cut), where PPO reads the score of a generated answer too. Over-long sequences keep their
     end: the score is read there."""
@@ -138,7 +145,8 @@ def tokenize_pair(tokenizer, pair: Pair, max_len: int, end_text: str | None = No
     return out[0], out[1], truncated
 
 
-def prepare_sft(tokenizer, conversations: list[list[dict]], max_len: int, source: str = "<data>"):
+def prepare_sft(tokenizer: Tokenizer, conversations: list[list[Message]], max_len: int,
+                source: str = "<data>") -> tuple[list[Tokenized], dict[str, int]]:
     """Tokenize all; returns (examples, stats). Examples that lost every assistant token are dropped."""
     end_id, _ = end_token(tokenizer)
     end_text = tokenizer.convert_ids_to_tokens(end_id)
@@ -163,7 +171,8 @@ def prepare_sft(tokenizer, conversations: list[list[dict]], max_len: int, source
     return examples, stats
 
 
-def prepare_pairs(tokenizer, pairs: list[Pair], max_len: int, source: str = "<data>"):
+def prepare_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
+                  source: str = "<data>") -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
     end_id, _ = end_token(tokenizer)
     end_text = tokenizer.convert_ids_to_tokens(end_id)
     examples, truncated = [], 0

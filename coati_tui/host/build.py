@@ -6,13 +6,14 @@ Host side (no torch): the planner picks the preset when the user named none.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from coati_tui.core import presets
 from coati_tui.core.run_config import RunConfig
 
 
-def build(stage: str, model: str, data: str, preset_name: str | None = None, overrides: dict | None = None,
-          eval_data: str = "", reward: str = "", ptx_data: str = "", **settings) -> RunConfig:
+def build(stage: str, model: str, data: str, preset_name: str | None = None, overrides: dict[str, Any] | None = None,
+          eval_data: str = "", reward: str = "", ptx_data: str = "", **settings: Any) -> RunConfig:
     """A validated RunConfig from what a user chose. No preset: the planner's pick for this machine.
     Raises ModelError / PresetError / ValueError with a message fit to show."""
     from coati_tui.core import hardware, modelinfo, planner

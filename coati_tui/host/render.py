@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from coati_tui.core.units import fmt_bytes, fmt_count
 
+if TYPE_CHECKING:
+    from coati_tui.core.hardware import Profile
+    from coati_tui.core.planner import Plan
+    from coati_tui.core.presets import Preset
+
 STATUS_STYLE = {"fits": "green", "tight": "yellow", "does_not_fit": "red", "unavailable": "dim"}
 
 
-def print_profile(prof, console: Console | None = None) -> None:
+def print_profile(prof: Profile, console: Console | None = None) -> None:
     console = console or Console()
     if prof.gpus:
         t = Table(title="GPUs")
@@ -24,7 +31,8 @@ def print_profile(prof, console: Console | None = None) -> None:
         console.print(f"[yellow]No NVIDIA GPU[/] ({prof.nvml_error}): training runs on the CPU.")
     c = prof.cpu
     console.print(f"CPU RAM {fmt_bytes(c.ram_available_bytes)} free of {fmt_bytes(c.ram_total_bytes)}, "
-                  f"{c.cores} cores ({c.threads} threads); disk {fmt_bytes(prof.disk_free_bytes)} free at {prof.disk_path}")
+                  f"{c.cores} cores ({c.threads} threads); "
+                  f"disk {fmt_bytes(prof.disk_free_bytes)} free at {prof.disk_path}")
     t = Table(title="Stacks")
     t.add_column("package")
     t.add_column("version")
@@ -43,13 +51,14 @@ def short_bytes(n: int) -> str:
     return fmt_bytes(n).replace(" GiB", "G").replace(" MiB", "M").replace(" KiB", "K").replace(" TiB", "T")
 
 
-def method(p) -> str:
+def method(p: Preset) -> str:
     if p.strategy == "naive":
-        return ("full" if p.full_finetune else f"LoRA r{p.lora.rank}") + (f" {p.quant.bits}-bit" if p.quant.bits else "")
+        bits = f" {p.quant.bits}-bit" if p.quant.bits else ""
+        return ("full" if p.full_finetune else f"LoRA r{p.lora.rank}") + bits
     return {"gemini": "Gemini", "zero2_cpu": "ZeRO-2"}[p.strategy] + " full"
 
 
-def print_plan(result, breakdown: bool = False, console: Console | None = None) -> None:
+def print_plan(result: Plan, breakdown: bool = False, console: Console | None = None) -> None:
     """One row per preset, one column per stage ("GPU/CPU verdict"); the reasons below the table."""
     console = console or Console()
     m = result.machine
@@ -72,7 +81,8 @@ def print_plan(result, breakdown: bool = False, console: Console | None = None) 
         cells = []
         for st in stages:
             r = rows[st]
-            size = f"{short_bytes(r.gpu_bytes)}/{short_bytes(r.cpu_bytes)}" if r.device == "cuda" else short_bytes(r.cpu_bytes)
+            size = (f"{short_bytes(r.gpu_bytes)}/{short_bytes(r.cpu_bytes)}" if r.device == "cuda"
+                    else short_bytes(r.cpu_bytes))
             cells.append(f"[{STATUS_STYLE[r.status]}]{size} {SYMBOL[r.status]}[/]")
             if r.status != "fits":
                 why.setdefault((name, r.reason + (f" Fix: {r.fix}" if r.fix else "")), []).append(st)
@@ -91,10 +101,11 @@ def print_plan(result, breakdown: bool = False, console: Console | None = None) 
         console.print(f"Recommended: [bold green]{result.recommended}[/] (the fastest preset that fits every "
                       f"planned stage with a safety margin)")
     else:
-        console.print("[red]No preset fits every stage.[/] Try a smaller --batch-size or --seq-len, or a smaller model.")
+        console.print("[red]No preset fits every stage.[/] "
+                      "Try a smaller --batch-size or --seq-len, or a smaller model.")
 
 
-def print_presets(loaded, console: Console | None = None) -> None:
+def print_presets(loaded: dict[str, Preset], console: Console | None = None) -> None:
     console = console or Console()
     t = Table()
     for col in ("name", "method", "precision", "batch x acc x len", "needs", "description"):

@@ -13,9 +13,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from coati_tui.core import events, paths
 from coati_tui.core.procenv import child_env, free_port
+
+if TYPE_CHECKING:
+    from coati_tui.core.presets import Preset
+    from coati_tui.core.run_config import RunConfig
 
 
 @dataclass
@@ -56,7 +61,8 @@ def command(run_dir: Path, launch: Launch | None = None) -> list[str]:
             "-m", "coati_tui.train", str(run_dir)]
 
 
-def launch(run_dir: Path, launch: Launch | None = None, stderr=None, detached: bool = False) -> subprocess.Popen:
+def launch(run_dir: Path, launch: Launch | None = None, stderr: IO[Any] | int | None = None,
+           detached: bool = False) -> subprocess.Popen[str]:
     """Start the trainer; its stdout carries the events (one JSON object per line).
 
     ``detached`` (the app): stdout is not read (the app tails events.jsonl instead) and the child gets its
@@ -67,7 +73,7 @@ def launch(run_dir: Path, launch: Launch | None = None, stderr=None, detached: b
                             start_new_session=detached)
 
 
-def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a coati-tui command (e.g. the demo) detached from the app: its own session, output to a log.
     The app follows its run folders' events.jsonl, and SIGINT to the session cancels it cleanly."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +108,7 @@ def alive(run_dir: Path) -> int | None:
         return None
 
 
-def list_runs(root: Path | None = None) -> list[dict]:
+def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
     """Every run folder under ``root``, newest first, with ``status`` (see ``status``)."""
     root = root or paths.runs_dir()
     if not root.is_dir():
@@ -119,7 +125,7 @@ class Tail:
         self.offset = 0
         self.partial = ""
 
-    def read(self) -> list[dict]:
+    def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         with self.path.open(encoding="utf-8") as f:
@@ -131,7 +137,7 @@ class Tail:
         return [e for e in map(events.parse, lines) if e is not None]
 
 
-def status(run_dir: Path) -> dict:
+def status(run_dir: Path) -> dict[str, Any]:
     """A run's state from its files: stage, status (running/completed/cancelled/failed/unknown), last loss."""
     evs = events.read(Path(run_dir) / "events.jsonl")
     start = next((e for e in evs if e["type"] == "start"), None)
@@ -147,7 +153,7 @@ def status(run_dir: Path) -> dict:
             "final": (Path(run_dir) / "final").is_dir()}
 
 
-def config_of(spec: str | Path):
+def config_of(spec: str | Path) -> RunConfig | None:
     """The RunConfig of the run ``spec`` names (a run folder or its final/), or None for anything else."""
     from coati_tui.core.run_config import RunConfig
 
@@ -161,7 +167,7 @@ def config_of(spec: str | Path):
         return None
 
 
-def blocked(preset) -> str | None:
+def blocked(preset: Preset) -> str | None:
     """Why this machine cannot run ``preset`` (with the fix), or None."""
     from coati_tui.core import hardware, planner
 
@@ -169,7 +175,7 @@ def blocked(preset) -> str | None:
     return f"preset {preset.name}: {why[0]}. Fix: {why[1]}" if why else None
 
 
-def prepare(cfg, run_dir: Path | None = None) -> Path:
+def prepare(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     """Check the data's format (raises DataError naming file, line, field), then write the run folder."""
     from coati_tui.data import formats
 
@@ -186,7 +192,7 @@ def prepare(cfg, run_dir: Path | None = None) -> Path:
     return run_dir
 
 
-def snapshot_stores(cfg, run_dir: Path):
+def snapshot_stores(cfg: RunConfig, run_dir: Path) -> RunConfig:
     """A preference store (.sqlite) keeps growing while the user labels; the run trains on (and resumes
     with) the labels as they were at its start: ``prefs-<store>.jsonl`` in the run folder, which the
     config then names. Nothing changes for other data files."""
@@ -194,7 +200,7 @@ def snapshot_stores(cfg, run_dir: Path):
 
     from coati_tui.data import prefstore
 
-    changes = {}
+    changes: dict[str, Any] = {}
     for field in ("data", "eval_data"):
         value = getattr(cfg, field)
         if value and prefstore.is_store_path(value) and Path(value).expanduser().is_file():
@@ -229,11 +235,9 @@ def retry_with(run_dir: Path, preset_name: str) -> tuple[Path, bool]:
     cfg = dataclasses.replace(cfg, preset=new)
     out = new_run_dir(cfg.stage, cfg.model)
     cfg.write(out)
-    old = Path(run_dir) / "checkpoints"
     same_adapters = (new.strategy == "naive" and RunConfig.read(run_dir).preset.strategy == "naive"
                      and not new.full_finetune and new.lora.rank == RunConfig.read(run_dir).preset.lora.rank)
-    found = sorted((p for p in old.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])) \
-        if old.is_dir() else []
+    found = paths.checkpoints(run_dir)
     if same_adapters and found:
         shutil.copytree(found[-1], out / "checkpoints" / found[-1].name)
         return out, True
