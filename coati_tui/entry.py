@@ -1,5 +1,5 @@
 """The `coati-tui` console script. Opening the app (no command) skips typer's import: the app's first
-frame waits on every import, and the machine profile starts before them. Anything else goes to cli.py."""
+frame waits on every import, and the machine profile starts before them. Anything else goes to coati_tui.cli."""
 
 from __future__ import annotations
 

@@ -94,3 +94,22 @@ async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_pat
             if chat.last_answer["stop"] != "end_token":
                 break
         assert chat.last_answer["stop"] == "cancelled" and chat.last_answer["tokens"] < 900
+
+
+async def test_a_worker_writing_megabytes_to_stderr_still_answers(tiny_model, monkeypatch):
+    """bitsandbytes on a CPU writes a warning per 8-bit matmul: a worker whose stderr nobody reads blocks
+    once the pipe is full. The chat's worker is drained into chats/worker.log."""
+    from coati_tui.host.chats import worker_log
+    from coati_tui.worker.__main__ import NOISE_ENV
+
+    monkeypatch.setenv(NOISE_ENV, str(3 * 2**20))
+    app = CoatiApp(model=str(tiny_model), mode="chat")
+    async with app.run_test(size=(120, 40)) as pilot:
+        chat = app.screen
+        await wait_for(pilot, lambda: chat.loaded is not None)
+        chat.query_one("#chat-max_new_tokens").value = "4"
+        chat.query_one("#chat-input").value = "hi"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not chat.generating and len(chat.messages) == 2)
+        assert chat.worker.log_path == worker_log()
+        assert worker_log().stat().st_size > 3 * 2**20

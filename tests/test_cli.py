@@ -74,3 +74,42 @@ def test_tiny_command_builds_a_model(tmp_path):
     path = coati("tiny", str(tmp_path / "t"), "--reward").stdout.strip()
     cfg = json.loads(open(os.path.join(path, "config.json")).read())
     assert cfg["architectures"] == ["LlamaForSequenceClassification"] and len(cfg["id2label"]) == 1
+
+
+def _train_params(*args):
+    """What `coati-tui train ARGS` parses to, without running it (click's own parser, in-process)."""
+    import typer
+
+    from coati_tui.cli import app
+
+    cmd = typer.main.get_command(app).commands["train"]
+    return cmd.make_context("train", list(args)).params
+
+
+def test_the_flag_table_goes_both_ways():
+    """One table maps preset keys to `train` flags: the app writes a run's command with it and the CLI
+    parses that command back to the same overrides, ColossalChat's spellings included."""
+    from coati_tui.core import flags
+
+    values = {"lora.rank": 8, "train.batch_size": 16, "train.accumulation_steps": 2, "train.lr": 0.0003,
+              "train.max_epochs": 3, "train.max_len": 256, "train.grad_checkpointing": False, "ppo.kl_coef": 0.1,
+              "ppo.ptx_coef": 0.2, "ppo.clip_eps": 0.3, "ppo.value_clip": 0.4, "ppo.gamma": 0.99, "ppo.lam": 0.9,
+              "ppo.rollout_batch": 4, "ppo.max_new_tokens": 64, "ppo.temperature": 0.8, "ppo.top_k": 5,
+              "ppo.top_p": 0.9, "ppo.ppo_epochs": 1, "ppo.critic_lr": 1e-5, "ppo.whiten_advantages": False,
+              "ppo.reward_clip": 5.0}
+    assert set(values) == set(flags.BY_KEY)  # every row is exercised
+    argv = flags.to_flags(values)
+    assert argv[:4] == ["--lora-rank", "8", "--batch-size", "16"] and "--no-grad-checkpointing" in argv
+    assert flags.overrides(_train_params("sft", *argv)) == values
+    assert flags.to_flags({"train.grad_checkpointing": True, "lora.alpha": 16}) == ["--grad-checkpointing"]
+    colossal = _train_params("sft", "--batch_size", "2", "--lora_rank", "0", "--max_len", "64", "--grad_checkpoint",
+                             "--experience_batch_size", "3", "--kl_coef", "0.5")
+    assert flags.overrides(colossal) == {"lora.rank": 0, "train.batch_size": 2, "train.max_len": 64,
+                                         "train.grad_checkpointing": True, "ppo.kl_coef": 0.5,
+                                         "ppo.rollout_batch": 3}
+    assert flags.overrides(_train_params("sft")) == {}  # nothing given: the preset decides
+
+
+def test_generate_refuses_an_unknown_quant_before_starting_a_worker(tmp_path):
+    proc = coati("generate", str(tmp_path), "--prompt", "hi", "--quant", "3bit", check=False)
+    assert proc.returncode == 2 and "--quant must be one of none, 8bit, 4bit, gptq" in proc.stderr

@@ -1,6 +1,6 @@
 import io
-import os
 import json
+import os
 
 import pytest
 
@@ -57,3 +57,51 @@ def test_launch_commands():
     assert "torch.distributed.run" in many and "--nproc-per-node=4" in many and "--nnodes=2" in many
     assert "--master-port=29400" in many and "--node-rank=1" in many
     assert many[-2:] == ["coati_tui.train", "/r"]
+
+
+def _step(**extra):
+    return events.make("step", step=3, total_steps=10, epoch=0, loss=0.4321, lr=1e-4, tokens_per_s=1234.4,
+                       samples_per_s=2.0, eta_s=5.0, cpu_rss=3 * 2**30, **extra)
+
+
+def test_describe_reads_every_event_as_one_line():
+    d = events.describe
+    assert d(events.make("start", stage="rm", config={}, params=1, trainable_params=1, strategy="naive",
+                         device="cpu", precision="fp32", total_steps=2)) == "rm · naive · cpu"
+    assert d(_step()) == "loss 0.4321 · 1234 tok/s · RAM 3.0 GiB"
+    assert d(events.make("eval", step=4, metrics={"accuracy": 0.91234, "loss": 0.5})) == \
+        "eval @ 4: accuracy 0.9123, loss 0.5"
+    assert d(events.make("checkpoint", step=4, path="/r/checkpoints/step-4")) == "checkpoint /r/checkpoints/step-4"
+    assert d(events.make("sample", step=10, prompt="请列出三种水果。", response="樱桃、桃子。", reward=4.7)) == \
+        "sample @10 请列出三种水果。 → 樱桃、桃子。  (reward +4.700)"
+    assert d(events.make("sample", step=10, prompt="p", response="r")) == "sample @10 p → r"  # no reward: none shown
+    assert d(events.make("log", level="info", message="数据：48 条")) == "数据：48 条"
+    assert d(events.make("done", status="completed", step=30, final="/r/final")) == "completed at step 30: /r/final"
+    assert d(events.make("done", status="cancelled", step=5, resume="coati-tui train sft --resume /r")) == \
+        "cancelled at step 5: coati-tui train sft --resume /r"
+    assert d(events.make("error", kind="gpu_oom", message="CUDA out of memory", log_tail=[])) == \
+        "gpu_oom: CUDA out of memory"
+    assert d(events.make("loaded", model="/m", device="cpu", dtype="fp32", quant="4bit", memory_bytes=2**20,
+                         load_s=1.25)) == "loaded /m · cpu · fp32 · 4bit · 1.0 MiB in 1.2 s"
+    assert d(events.make("answer", id="1", text="hi", tokens=8, tokens_per_s=40.0, stop="max_new_tokens")) == \
+        "answer: 8 tokens, 40.0 tok/s (max new tokens)"
+    assert d({"v": 1, "type": "party", "time": 0, "guests": 3}) == "party: guests 3"  # a newer child's event
+
+
+def test_a_ppo_step_reads_by_its_stage_or_by_its_fields():
+    ppo = _step(reward_mean=1.5, kl=0.0123)
+    assert events.describe(ppo).startswith("reward +1.500 · KL 0.012 · ")  # no stage known: its fields decide
+    assert events.describe(ppo, stage="ppo") == events.describe(ppo)
+    assert events.describe(_step(), stage="ppo").startswith("reward +nan · KL nan")  # a field missing: nan, no crash
+    assert events.step_view("ppo").metric == "reward_mean" and events.step_view("sft").metric == "loss"
+    assert events.step_view(None, ppo).label == "reward (mean per rollout)"
+    assert events.step_view(None, _step()).metric == "loss"
+
+
+def test_a_new_stage_is_one_row(monkeypatch):
+    dpo = events.StepView("dpo", "reward_margin", "loss", "loss", "loss {loss:.3f} · margin {reward_margin:+.2f}")
+    monkeypatch.setattr(events, "STEP_VIEWS", (dpo, *events.STEP_VIEWS))
+    step = _step(reward_margin=0.25)
+    assert events.describe(step).startswith("loss 0.432 · margin +0.25 · ")
+    assert events.describe(step, stage="dpo") == events.describe(step)
+    assert events.describe(_step(), stage="sft").startswith("loss 0.4321 ·")  # the others read as before

@@ -69,6 +69,23 @@ async def test_a_labeling_session_stores_choices_undo_notes_and_exports(tiny_mod
         assert rank.query_one("#rank-pair").has_class("stacked")  # narrow: one above the other
 
 
+async def test_workers_writing_megabytes_to_stderr_still_write_pairs(tiny_model, tmp_path, monkeypatch):
+    """bitsandbytes on a CPU writes a warning per 8-bit matmul: a worker whose stderr nobody reads blocks
+    once the pipe is full. Rank's workers (two models here) are drained into logs beside the store."""
+    from coati_tui.worker.__main__ import NOISE_ENV
+
+    monkeypatch.setenv(NOISE_ENV, str(2 * 2**20))
+    store = tmp_path / "prefs.sqlite"
+    app = CoatiApp(mode="rank", rank={"model": str(tiny_model), "model_b": str(tiny_model), "start": True,
+                                      "prompts": str(prompts_file(tmp_path)), "store": str(store), "annotator": "a"})
+    async with app.run_test(size=(120, 40)) as pilot:
+        rank = app.screen
+        await wait_for(pilot, lambda: rank.current is not None, timeout=120)
+        assert rank.current.left_model == rank.current.right_model == str(tiny_model)
+        for slot in "AB":
+            assert (tmp_path / f"prefs-worker-{slot}.log").stat().st_size > 2 * 2**20
+
+
 def app_home(tmp_path):
     from coati_tui.core import paths
 
@@ -87,7 +104,7 @@ async def test_labels_left_in_the_store_come_back_and_train_rm_starts_a_run(tiny
     async with app.run_test(size=(120, 40)) as pilot:
         rank = app.screen
         await pilot.pause(0.1)
-        assert rank.current is not None and rank.current.left == "苹果" and not rank.procs
+        assert rank.current is not None and rank.current.left == "苹果" and not rank.writer.workers
         await pilot.press("ctrl+t")
         assert "at least two" in " ".join(n.message for n in app._notifications)
         await pilot.press("a", "a")
@@ -128,8 +145,8 @@ async def test_a_bad_store_is_one_clear_error(tmp_path, bad):
 
 
 def test_the_next_reward_model_starts_from_the_runs_own_base(demo_home, tiny_model):
-    from coati_tui.ui.screens.rank import rm_base
     from coati_tui.core.run_config import RunConfig
+    from coati_tui.ui.screens.rank import rm_base
 
     runs = demo_home / "runs"
     assert rm_base(str(runs / "demo-ppo" / "final")) == RunConfig.read(runs / "demo-ppo").model

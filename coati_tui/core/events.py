@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any
 
 VERSION = 1
 
@@ -41,7 +43,7 @@ class EventError(ValueError):
     pass
 
 
-def make(type_: str, **fields) -> dict:
+def make(type_: str, **fields: Any) -> dict[str, Any]:
     """A checked event dict."""
     if type_ not in REQUIRED:
         raise EventError(f"unknown event type {type_!r}")
@@ -55,7 +57,7 @@ def make(type_: str, **fields) -> dict:
     return {"v": VERSION, "type": type_, "time": round(time.time(), 3), **fields}
 
 
-def parse(line: str) -> dict | None:
+def parse(line: str) -> dict[str, Any] | None:
     """One line -> event, or None for a line that is not an event (a stray print, a blank line)."""
     line = line.strip()
     if not line.startswith("{"):
@@ -69,7 +71,7 @@ def parse(line: str) -> dict | None:
     return event
 
 
-def read(path: str | Path) -> list[dict]:
+def read(path: str | Path) -> list[dict[str, Any]]:
     """Every event of a run's ``events.jsonl`` (a torn last line from a crash is skipped)."""
     path = Path(path)
     if not path.exists():
@@ -78,7 +80,7 @@ def read(path: str | Path) -> list[dict]:
         return [e for e in map(parse, f) if e is not None]
 
 
-def follow(stream: IO[str]) -> Iterator[dict]:
+def follow(stream: IO[str]) -> Iterator[dict[str, Any]]:
     for line in stream:
         event = parse(line)
         if event is not None:
@@ -93,7 +95,7 @@ class Emitter:
         self.file = open(path, "a", encoding="utf-8") if (path and enabled) else None
         self.echo = echo if enabled else None
 
-    def __call__(self, type_: str, **fields) -> dict:
+    def __call__(self, type_: str, **fields: Any) -> dict[str, Any]:
         event = make(type_, **fields)
         if self.enabled:
             line = json.dumps(event, ensure_ascii=False)
@@ -111,3 +113,97 @@ class Emitter:
     def close(self) -> None:
         if self.file:
             self.file.close()
+
+
+# ---- the generation worker's choices (its --quant and --dtype; a ``loaded`` event names both) -------------
+QUANTS = ("none", "8bit", "4bit", "gptq")  # gptq: the folder must be a GPTQ checkpoint (they load as such anyway)
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+# ---- one line of text per event: the CLI's progress and the Train screen's log ----------------------------
+@dataclass(frozen=True)
+class StepView:
+    """How one stage's steps read: which field tells them apart, what is plotted, the line they make."""
+
+    stage: str  # the start event's stage; "" for the row that serves every stage without its own
+    marker: str  # a step field only this stage's steps carry (when the stage is not known)
+    metric: str  # the step field plotted and put first
+    label: str  # the plot's title
+    headline: str  # str.format over the step's fields (a missing one reads nan)
+
+
+STEP_VIEWS: tuple[StepView, ...] = (
+    StepView("ppo", "reward_mean", "reward_mean", "reward (mean per rollout)",
+             "reward {reward_mean:+.3f} · KL {kl:.3f}"),
+    # a new stage (DPO's margins, GRPO's group reward) is one more row here, above the catch-all
+    StepView("", "loss", "loss", "loss", "loss {loss:.4f}"),  # sft, rm and any stage without a row
+)
+
+
+def step_view(stage: str | None = None, ev: Mapping[str, Any] | None = None) -> StepView:
+    """The row of ``stage`` (a start event's), else the first whose marker ``ev`` carries, else the catch-all."""
+    for row in STEP_VIEWS:
+        if row.stage and (row.stage == stage if stage else ev is not None and row.marker in ev):
+            return row
+    return next((row for row in STEP_VIEWS if not row.stage), STEP_VIEWS[-1])
+
+
+class _Fields(dict[str, Any]):
+    def __missing__(self, key: str) -> float:
+        return float("nan")
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _done(ev: Mapping[str, Any]) -> str:
+    where = ev.get("final") or ev.get("resume")
+    return f"{ev['status']} at step {ev['step']}" + (f": {where}" if where else "")
+
+
+def _sample(ev: Mapping[str, Any]) -> str:
+    reward = f"  (reward {ev['reward']:+.3f})" if isinstance(ev.get("reward"), (int, float)) else ""
+    return f"sample @{ev['step']} {ev['prompt']} → {ev['response']}{reward}"
+
+
+def _step(ev: Mapping[str, Any], stage: str | None) -> str:
+    from coati_tui.core.units import fmt_bytes
+
+    head = step_view(stage, ev).headline.format_map(_Fields(ev))
+    return f"{head} · {ev.get('tokens_per_s', 0):.0f} tok/s · RAM {fmt_bytes(ev.get('cpu_rss', 0))}"
+
+
+def _loaded(ev: Mapping[str, Any]) -> str:
+    from coati_tui.core.units import fmt_bytes
+
+    return (f"loaded {ev['model']} · {ev['device']} · {ev['dtype']} · {ev['quant']} · "
+            f"{fmt_bytes(ev['memory_bytes'])} in {ev['load_s']:.1f} s")
+
+
+LINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "start": lambda ev: f"{ev['stage']} · {ev['strategy']} · {ev['device']}",
+    "eval": lambda ev: f"eval @ {ev['step']}: " + ", ".join(f"{k} {_num(v)}" for k, v in ev["metrics"].items()),
+    "checkpoint": lambda ev: f"checkpoint {ev['path']}",
+    "sample": _sample,
+    "log": lambda ev: str(ev["message"]),
+    "done": _done,
+    "error": lambda ev: f"{ev['kind']}: {ev['message']}",
+    "loaded": _loaded,
+    "token": lambda ev: str(ev["text"]),
+    "answer": lambda ev: (f"answer: {ev['tokens']} tokens, {ev['tokens_per_s']:.1f} tok/s "
+                          f"({str(ev['stop']).replace('_', ' ')})"),
+}
+
+
+def describe(ev: Mapping[str, Any], stage: str | None = None) -> str:
+    """One event as one line of text. ``stage`` (the run's start event's) picks how a step reads; without
+    it the step's own fields do (see ``STEP_VIEWS``)."""
+    kind = str(ev.get("type", ""))
+    if kind == "step":
+        return _step(ev, stage)
+    line = LINES.get(kind)
+    if line is not None:
+        return line(ev)
+    rest = {k: v for k, v in ev.items() if k not in ("v", "type", "time")}
+    return f"{kind}: " + ", ".join(f"{k} {_num(v)}" for k, v in rest.items())

@@ -26,9 +26,8 @@ import time
 
 
 from coati_tui.core import events
+from coati_tui.core.events import DTYPES, QUANTS
 from coati_tui.core.errors import CoatiError, error_kind, transformers_major
-
-QUANTS = ("none", "8bit", "4bit", "gptq")  # gptq: the folder must be a GPTQ checkpoint (they load as such anyway)
 
 
 class WorkerError(CoatiError):
@@ -46,25 +45,24 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
 
     from coati_tui.core import modelinfo
     from coati_tui.data.tokenize import TemplateError, end_token, load_tokenizer
+    from coati_tui.trainer import models
 
     try:
         folder = modelinfo.resolve_model(model)
     except modelinfo.ModelError as exc:
         raise WorkerError("config", str(exc)) from exc
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = models.pick_device()
     if dtype == "auto":
-        dtype = "fp32" if device == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        dtype = models.auto_precision(device)
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     gptq = (config.get("quantization_config") or {}).get("quant_method") == "gptq"
-    kwargs: dict = {"dtype" if transformers_major() >= 5 else "torch_dtype": torch_dtype}
+    bits = {"4bit": 4, "8bit": 8}.get(quant, 0) if not gptq else 0
     if quant == "gptq" and not gptq:
         raise WorkerError("config", f"{folder} is not a GPTQ checkpoint (its config.json has no GPTQ "
                                     "quantization_config): make one with `coati-tui quantize`")
     if gptq:
         if importlib.util.find_spec("gptqmodel") is None:
             raise WorkerError("missing_dependency", f"{folder} is a GPTQ checkpoint: pip install 'coati-tui[gptq]'")
-        kwargs["device_map"] = {"": device}
         quant = "gptq"
     elif quant in ("4bit", "8bit"):
         if importlib.util.find_spec("bitsandbytes") is None:
@@ -72,18 +70,14 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
         if device == "cpu" and transformers_major() < 5:
             raise WorkerError("missing_dependency", f"bitsandbytes {quant} on CPU needs transformers >= 5 "
                                                     "(this stack pins an older one); use a CUDA GPU or --quant none")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=quant == "4bit", load_in_8bit=quant == "8bit", bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch_dtype)
+    kwargs = models.load_kwargs(dtype, bits, device)
+    if gptq:
         kwargs["device_map"] = {"": device}
-    adapter = (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+    base = models.adapter_base(folder)
     t0 = time.perf_counter()
-    if adapter:
+    if base:
         from peft import PeftModel
 
-        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
         model_obj = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         model_obj = PeftModel.from_pretrained(model_obj, folder)
         if quant == "none":
@@ -174,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m coati_tui.worker", description=__doc__)
     ap.add_argument("model")
     ap.add_argument("--quant", choices=QUANTS, default="none")
-    ap.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    ap.add_argument("--dtype", choices=DTYPES, default="auto")
     args = ap.parse_args(argv)
     emit = events.Emitter(None, echo=sys.stdout)
     try:
@@ -211,36 +205,3 @@ def main(argv: list[str] | None = None) -> int:
             worker.generate(req)
         except Exception as exc:  # one bad request: say so, keep serving
             emit("error", kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}", log_tail=[])
-
-
-def spawn(model: str, quant: str = "none", dtype: str = "auto"):
-    """Start a worker (for the CLI and the app): a Popen with line-buffered text pipes."""
-    import subprocess
-
-    from coati_tui.core.procenv import child_env
-
-    return subprocess.Popen([sys.executable, "-m", "coati_tui.worker", model, "--quant", quant, "--dtype", dtype],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            encoding="utf-8", bufsize=1, env=child_env())
-
-
-
-def stop(*procs, timeout: float = 5.0) -> None:
-    """Ask every running worker to quit, then wait for them against one shared deadline (two workers
-    stopping take as long as one); a worker still running after it is killed."""
-    import subprocess
-
-    live = [p for p in procs if p is not None and p.poll() is None]
-    for p in live:
-        try:
-            p.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            p.stdin.flush()
-        except (OSError, ValueError):  # its stdin is gone: it is exiting anyway
-            pass
-    deadline = time.monotonic() + timeout
-    for p in live:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()

@@ -1,6 +1,7 @@
 """Chat: talk to any model or run output through the generation worker (a child process; the app never
 loads a model). Streaming, stop, regenerate, an editable system prompt, sampling controls, Markdown
-answers, transcripts saved after every answer (~/coati-tui/chats/*.jsonl) and reopened."""
+answers, transcripts saved after every answer (~/coati-tui/chats/*.jsonl) and reopened. The worker's
+stderr goes to ~/coati-tui/chats/worker.log; its last lines show when it fails."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import on
@@ -17,16 +19,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Markdown, Select, Static
 
-from coati_tui.core import events, paths
 from coati_tui.core.units import fmt_bytes
+from coati_tui.host.chats import chats_dir, worker_log
+from coati_tui.host.gen_client import GenerationClient, stop
 from coati_tui.ui.widgets.path_input import PathSuggester
 
 SAMPLING = (("temperature", 0.7, float), ("top_p", 0.9, float), ("top_k", 0, int), ("max_new_tokens", 256, int),
             ("repetition_penalty", 1.0, float), ("seed", "", int))
-
-
-def chats_dir() -> Path:
-    return paths.home() / "chats"
 
 
 class ChatScreen(Screen):
@@ -55,7 +54,7 @@ class ChatScreen(Screen):
     def __init__(self, model: str | None = None, quant: str = "none") -> None:
         super().__init__()
         self.model_spec, self.quant = model, quant
-        self.proc = None
+        self.worker: GenerationClient | None = None
         self.loaded: dict | None = None
         self.messages: list[dict] = []  # the conversation, without the system prompt
         self.generating = False
@@ -71,7 +70,8 @@ class ChatScreen(Screen):
         with Horizontal(id="chat-top"):
             yield Input(self.model_spec or "", id="chat-model", suggester=PathSuggester(dirs_only=True),
                         placeholder="model folder, run folder or cached hub id; enter (or ctrl+l) loads")
-            yield Select([("full precision", "none"), ("8-bit", "8bit"), ("4-bit NF4", "4bit"), ("GPTQ folder", "gptq")],
+            yield Select([("full precision", "none"), ("8-bit", "8bit"), ("4-bit NF4", "4bit"),
+                          ("GPTQ folder", "gptq")],
                          value=self.quant,
                          allow_blank=False, id="chat-quant")
         yield Static("no model loaded", id="chat-status")
@@ -100,8 +100,6 @@ class ChatScreen(Screen):
     # ---- the worker ------------------------------------------------------------------------------
     @on(Input.Submitted, "#chat-model")
     def action_load(self) -> None:
-        from coati_tui.worker.generate import spawn
-
         spec = self.query_one("#chat-model", Input).value.strip()
         if not spec:
             self.notify("Give a model folder or a run folder first.", severity="warning")
@@ -110,8 +108,8 @@ class ChatScreen(Screen):
         self.quant = self.query_one("#chat-quant", Select).value
         self.loaded, self.generating = None, False
         self.query_one("#chat-status", Static).update(f"loading {spec} ({self.quant})…")
-        self.proc = spawn(spec, self.quant)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        self.worker = GenerationClient(spec, str(self.quant), log=worker_log())
+        threading.Thread(target=self._read, args=(self.worker,), daemon=True).start()
 
     def action_pick_run(self) -> None:
         """Switch to any run's output: pick it, and it loads."""
@@ -124,28 +122,21 @@ class ChatScreen(Screen):
 
         self.app.push_screen(RunPicker(), picked)
 
-    def _read(self, proc) -> None:
-        for ev in events.follow(proc.stdout):
-            self.app.call_from_thread(self._on_event, proc, ev)
-        self.app.call_from_thread(self._on_exit, proc)
+    def _read(self, worker: GenerationClient) -> None:
+        for ev in worker.events():  # a worker that dies ends with an error event (its stderr's tail in it)
+            if worker is not self.worker:
+                break  # stopped, or replaced by another model
+            try:
+                self.app.call_from_thread(self._on_event, worker, ev)
+            except RuntimeError:  # the app has closed
+                break
 
     def _stop_worker(self) -> None:
-        from coati_tui.worker.generate import stop
+        stop(self.worker)
+        self.worker = None
 
-        stop(self.proc)
-        self.proc = None
-
-    def _send(self, req: dict) -> None:
-        self.proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
-        self.proc.stdin.flush()
-
-    def _on_exit(self, proc) -> None:
-        if proc is self.proc and self.loaded is None:
-            err = proc.stderr.read()[-500:] if proc.stderr else ""
-            self.query_one("#chat-status", Static).update(Text(f"the worker stopped. {err}", style="red"))
-
-    def _on_event(self, proc, ev: dict) -> None:
-        if proc is not self.proc:
+    def _on_event(self, worker: GenerationClient, ev: dict[str, Any]) -> None:
+        if worker is not self.worker:
             return  # a model we already switched away from
         kind = ev["type"]
         if kind == "loaded":
@@ -164,9 +155,14 @@ class ChatScreen(Screen):
             self._save()
         elif kind == "error":
             self.generating = False
-            style = "red"
-            if self.loaded is None:
-                self.query_one("#chat-status", Static).update(Text(f"{ev['kind']}: {ev['message']}", style=style))
+            if self.loaded is None or worker.poll() is not None:  # it did not load, or it died: say why
+                self.loaded = None
+                text = Text(f"{ev['kind']}: {ev['message']}", style="red")
+                for line in ev["log_tail"][-3:]:
+                    text.append("\n  " + line, style="dim")
+                if ev["log_tail"]:
+                    text.append(f"\n  the worker's log: {worker.log_path}", style="dim")
+                self.query_one("#chat-status", Static).update(text)
             self.notify(ev["message"], title=ev["kind"].replace("_", " "), severity="error", timeout=10)
 
     def _status(self) -> None:
@@ -178,7 +174,8 @@ class ChatScreen(Screen):
                              f" · loaded in {ev['load_s']:.1f} s")
         if self.last_answer:
             a = self.last_answer
-            text.append(f" · last answer {a['tokens']} tokens, {a['tokens_per_s']:.1f} tok/s ({a['stop'].replace('_', ' ')})")
+            text.append(f" · last answer {a['tokens']} tokens, {a['tokens_per_s']:.1f} tok/s "
+                        f"({a['stop'].replace('_', ' ')})")
         self.query_one("#chat-status", Static).update(text)
 
     # ---- conversation ----------------------------------------------------------------------------
@@ -204,22 +201,23 @@ class ChatScreen(Screen):
         return True
 
     def _ask(self) -> None:
-        req = {"op": "generate", "id": str(len(self.messages)), "messages": self._with_system(self.messages)}
+        sampling: dict[str, Any] = {}
         for name, default, cast in SAMPLING:
             raw = self.query_one(f"#chat-{name}", Input).value.strip()
             if raw == "" and default == "":
                 continue
             try:
-                req[name] = cast(raw)
+                sampling[name] = cast(raw)
             except ValueError:
                 self.notify(f"{name}: {raw!r} is not a number", severity="error")
                 self.messages.pop()
                 return
+        assert self.worker is not None  # _ready: a model is loaded
         self.buffer, self.dirty, self.generating = "", False, True
         self.current = Markdown("…", classes="assistant")
         self.query_one("#chat-log").mount(self.current)
-        self.request_id = req["id"]
-        self._send(req)
+        self.request_id = self.worker.generate(self._with_system(self.messages), rid=str(len(self.messages)),
+                                               **sampling)
 
     def _with_system(self, messages: list[dict]) -> list[dict]:
         system = self.query_one("#chat-system", Input).value.strip()
@@ -236,8 +234,8 @@ class ChatScreen(Screen):
             self.query_one("#chat-log").scroll_end(animate=False)
 
     def action_stop(self) -> None:
-        if self.generating and self.proc:
-            self._send({"op": "cancel", "id": self.request_id})
+        if self.generating and self.worker:
+            self.worker.cancel(self.request_id)
 
     def action_regenerate(self) -> None:
         if not self._ready() or not self.messages or self.messages[-1]["role"] != "assistant":
@@ -265,7 +263,8 @@ class ChatScreen(Screen):
         then the messages)."""
         if self.transcript is None:
             chats_dir().mkdir(parents=True, exist_ok=True)
-            self.transcript = chats_dir() / f"chat-{time.strftime('%Y%m%d-%H%M%S')}-{len(list(chats_dir().iterdir()))}.jsonl"
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.transcript = chats_dir() / f"chat-{stamp}-{len(list(chats_dir().iterdir()))}.jsonl"
         header = {"model": self.loaded["model"] if self.loaded else None, "quant": self.quant,
                   "system": self.query_one("#chat-system", Input).value}
         lines = [json.dumps(header, ensure_ascii=False)] + [json.dumps(m, ensure_ascii=False) for m in self.messages]
@@ -274,7 +273,8 @@ class ChatScreen(Screen):
         tmp.replace(self.transcript)
 
     def action_open_last(self) -> None:
-        found = sorted(chats_dir().glob("chat-*.jsonl"), key=lambda p: p.stat().st_mtime) if chats_dir().is_dir() else []
+        folder = chats_dir()
+        found = sorted(folder.glob("chat-*.jsonl"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
         if not found:
             self.notify("No saved chats yet.", severity="warning")
             return

@@ -4,20 +4,19 @@ pair appears, and the labels train the next reward model (ctrl+t) or export (ctr
 prefs`).
 
 Answers come from one model (two samples) or two models (one each), written by generation workers (child
-processes, as in Chat) in the background, so the next pairs are ready before this one is judged. Which
-answer goes left is a coin flip, recorded with the pair.
+processes, as in Chat) in the background (coati_tui.host.pairs), so the next pairs are ready before this
+one is judged. Which answer goes left is a coin flip, recorded with the pair. Each worker's stderr goes to
+a log beside the store (prefs-worker-A.log).
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
-import random
 import threading
 import time
-from collections import deque
 from pathlib import Path
+from typing import Any
 
 from rich.markdown import Markdown
 from rich.text import Text
@@ -28,13 +27,15 @@ from textual.containers import Container, Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
-from coati_tui.core import events, paths
+from coati_tui.core import paths
 from coati_tui.data import prefstore
 from coati_tui.data.formats import DataError, load_prompts
+from coati_tui.host.chats import chat_prompts
+from coati_tui.host.gen_client import GenerationClient
+from coati_tui.host.pairs import AHEAD, PairWriter, worker_log
+from coati_tui.ui.messages import PrefillStage
 from coati_tui.ui.widgets.path_input import PathSuggester
 
-AHEAD = 2  # pairs kept ready beyond the one on screen
-SAMPLING = {"temperature": 0.8, "top_p": 0.95, "top_k": 0, "max_new_tokens": 128, "repetition_penalty": 1.0}
 WIDE = 100  # columns from which the answers sit side by side
 
 
@@ -47,25 +48,6 @@ def default_annotator() -> str:
         return os.environ.get("COATI_TUI_ANNOTATOR") or getpass.getuser()
     except Exception:  # no user name (some containers)
         return "me"
-
-
-def chat_prompts() -> list[list[dict]]:
-    """Every user turn of the saved chats, with the conversation before it (and the chat's system prompt)."""
-    from coati_tui.ui.screens.chat import chats_dir
-
-    out = []
-    folder = chats_dir()
-    for path in sorted(folder.glob("chat-*.jsonl")) if folder.is_dir() else []:
-        try:
-            lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        except (OSError, json.JSONDecodeError):
-            continue
-        header, msgs = (lines[0], lines[1:]) if lines else ({}, [])
-        system = [{"role": "system", "content": header["system"]}] if header.get("system") else []
-        for i, m in enumerate(msgs):
-            if m.get("role") == "user" and m.get("content", "").strip():
-                out.append(system + msgs[:i + 1])
-    return out
 
 
 def rm_base(spec: str) -> str:
@@ -117,13 +99,7 @@ class RankScreen(Screen):
         self.annotator = ""
         self.current: prefstore.PairView | None = None
         self.shown_at = 0.0
-        self.procs: list = []  # Popen per model (one: two samples of it; two: one answer each)
-        self.loaded: dict = {}
-        self.prompts: deque = deque()
-        self.inflight: dict[str, tuple[int, int]] = {}  # request id -> (prompt id, slot)
-        self.partial: dict[int, dict[int, dict]] = {}
-        self.counter = 0
-        self._seeds: dict[str, int] = {}
+        self.writer = PairWriter()  # the generation workers and the prompts they answer
         self.latencies: list[float] = []  # keypress -> next pair drawn, seconds (bench/rank_latency.py)
         self.pending_note = ""
 
@@ -175,7 +151,7 @@ class RankScreen(Screen):
         self.query_one(PairArea).focus()
 
     def on_unmount(self) -> None:
-        self._stop_workers()
+        self.writer.stop()
         if self.store:
             self.store.close()
 
@@ -218,22 +194,12 @@ class RankScreen(Screen):
 
     def _status(self, extra: Text | str = "") -> None:
         text = self._stats_text() if self.store else Text()
-        gen = self._gen_state()
+        gen = self.writer.state()
         if gen:
             text.append(f" · {gen}", style="italic")
         if extra:
             text = Text.assemble(text, "\n", extra) if text.plain else Text(extra) if isinstance(extra, str) else extra
         self.query_one("#rank-status", Static).update(text)
-
-    def _gen_state(self) -> str:
-        if not self.procs:
-            return ""
-        waiting = [n for n, p in zip("AB", self.procs) if n not in self.loaded]
-        if waiting:
-            return f"loading model {' and '.join(waiting)}…"
-        if self.inflight:
-            return "writing the next pair…"
-        return "" if self.prompts else "no prompts left: type one below"
 
     # ---- showing pairs ---------------------------------------------------------------------------
     def _show_next(self, pair_id: int | None = None) -> None:
@@ -300,8 +266,6 @@ class RankScreen(Screen):
     @on(Input.Submitted, "#rank-prompts")
     def action_start(self) -> None:
         """(Re)start generation: the models in the fields, prompts from the file or the chat history."""
-        from coati_tui.worker.generate import spawn
-
         if not self._open_store():
             return
         specs = [self.query_one(f"#{i}", Input).value.strip() for i in ("rank-model", "rank-model-b")]
@@ -315,18 +279,12 @@ class RankScreen(Screen):
         except DataError as exc:
             self.notify(str(exc), title="Prompts", severity="error", timeout=15)
             return
-        done = self.store.prompts_with_pairs()
-        fresh = [p for p in prompts if prefstore.prompt_key(p) not in done]
-        random.shuffle(fresh)
-        typed = [p for p in self.prompts if p["source"] == "typed"]
-        self.prompts = deque(typed + [{"messages": p, "source": source or "chat history"} for p in fresh])
+        self.writer.queue(prompts, source or "chat history", self.store)
         if not prompts:
             self.notify("No prompts: no prompt file and no saved chats yet. Type prompts at the bottom.", timeout=10)
-        self._stop_workers()
-        self.loaded, self.inflight, self.partial = {}, {}, {}
-        self.procs = [spawn(s, "none") for s in specs if s]
-        for slot, proc in enumerate(self.procs):
-            threading.Thread(target=self._read, args=(proc, slot), daemon=True).start()
+        store_path = self.store.path
+        for worker in self.writer.start([s for s in specs if s], lambda slot: worker_log(store_path, slot)):
+            threading.Thread(target=self._read, args=(worker,), daemon=True).start()
         self._status()
         self.action_focus_pair()
 
@@ -348,76 +306,46 @@ class RankScreen(Screen):
         if not text:
             return
         event.input.value = ""
-        self.prompts.appendleft({"messages": [{"role": "user", "content": text}], "source": "typed"})
-        if not self.procs:
+        self.writer.add_typed(text)
+        if not self.writer.workers:
             self.notify("Queued. Give model A and press ctrl+l to generate its answers.")
         self._pump()
         self._status()
 
-    def _read(self, proc, slot: int) -> None:
-        for ev in events.follow(proc.stdout):
-            self.app.call_from_thread(self._on_event, proc, slot, ev)
-        self.app.call_from_thread(self._on_exit, proc, slot)
+    def _read(self, worker: GenerationClient) -> None:
+        for ev in worker.events():  # a worker that dies ends with an error event (its stderr's tail in it)
+            if worker not in self.writer.workers:
+                break  # stopped, or replaced
+            try:
+                self.app.call_from_thread(self._on_event, worker, ev)
+            except RuntimeError:  # the app has closed
+                break
 
-    def _on_exit(self, proc, slot: int) -> None:
-        if proc in self.procs and "AB"[slot] not in self.loaded:
-            err = proc.stderr.read()[-400:] if proc.stderr else ""
-            self._status(Text(f"model {'AB'[slot]}'s worker stopped. {err}", style="red"))
-
-    def _on_event(self, proc, slot: int, ev: dict) -> None:
-        if proc not in self.procs:
-            return  # a worker we already replaced
-        kind = ev["type"]
-        if kind == "loaded":
-            self.loaded["AB"[slot]] = ev
+    def _on_event(self, worker: GenerationClient, ev: dict[str, Any]) -> None:
+        what = self.writer.handle(worker, ev, self.store)
+        if what == "pair" and self.current is None:
+            self._show_next()
+        elif what == "error":
+            where = self.writer.slot(worker)
+            if where not in self.writer.loaded or where in self.writer.stopped:  # it did not load, or died
+                text = Text(f"model {where}: {ev['kind']}: {ev['message']}", style="red")
+                for line in ev["log_tail"][-3:]:
+                    text.append("\n  " + line, style="dim")
+                if ev["log_tail"]:
+                    text.append(f"\n  the worker's log: {worker.log_path}", style="dim")
+                self._status(text)
+            self.notify(ev["message"], title=f"model {where}: {ev['kind'].replace('_', ' ')}", severity="error",
+                        timeout=10)
+            return
+        if what:
             self._pump()
-        elif kind == "answer":
-            prompt_id, which = self.inflight.pop(ev["id"], (None, None))
-            if prompt_id is None:
-                return
-            self.partial.setdefault(prompt_id, {})[which] = {
-                "text": ev["text"].strip(), "model": self.loaded["AB"[slot]]["model"],
-                "sampling": {**SAMPLING, "seed": self._seeds.get(ev["id"])}, "gen_s": ev["tokens"] / max(ev["tokens_per_s"], 1e-9)}
-            if len(self.partial[prompt_id]) == 2:
-                got = self.partial.pop(prompt_id)
-                self.store.add_pair(prompt_id, got[0], got[1], swapped=random.random() < 0.5)
-                if self.current is None:
-                    self._show_next()
-            self._pump()
-        elif kind == "error":
-            where = "AB"[slot]
-            if where not in self.loaded:
-                self._status(Text(f"model {where}: {ev['kind']}: {ev['message']}", style="red"))
-            self.notify(ev["message"], title=f"model {where}: {ev['kind'].replace('_', ' ')}", severity="error", timeout=10)
-            for rid in [r for r, (_, s) in self.inflight.items() if len(self.procs) == 1 or s == slot]:
-                self.inflight.pop(rid, None)
-        self._status()
+            self._status()
 
     def _pump(self) -> None:
         """Ask for the next pair while fewer than AHEAD wait beyond the one on screen."""
-        if not self.procs or len(self.loaded) < len(self.procs) or self.inflight or not self.prompts or not self.store:
-            return
-        ready = len(self.store.pending(self.annotator, AHEAD + 1)) - (self.current is not None)
-        if ready >= AHEAD:
-            return
-        item = self.prompts.popleft()
-        prompt_id = self.store.add_prompt(item["messages"], item["source"])
-        seed = random.randrange(2**31)
-        for which in (0, 1):
-            proc = self.procs[which if len(self.procs) == 2 else 0]
-            self.counter += 1
-            rid = f"p{prompt_id}-{which}-{self.counter}"
-            self.inflight[rid] = (prompt_id, which)
-            self._seeds[rid] = seed + (which if len(self.procs) == 1 else 0)  # one model: two different samples
-            req = {"op": "generate", "id": rid, "messages": item["messages"], **SAMPLING, "seed": self._seeds[rid]}
-            proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
-            proc.stdin.flush()
-
-    def _stop_workers(self) -> None:
-        from coati_tui.worker.generate import stop
-
-        stop(*self.procs)
-        self.procs = []
+        store = self.store
+        if store is not None:
+            self.writer.pump(store, lambda: len(store.pending(self.annotator, AHEAD + 1)) - (self.current is not None))
 
     # ---- the loop --------------------------------------------------------------------------------
     def action_export(self) -> None:
@@ -433,7 +361,7 @@ class RankScreen(Screen):
         self.notify(f"{n} pairs written (ties {left_out['tie']}, skips {left_out['skip']}, conflicts "
                     f"{left_out['conflict']} left out):\n" + "\n".join(written), title="Exported", timeout=15)
 
-    async def action_train_rm(self) -> None:
+    def action_train_rm(self) -> None:
         """Train the next reward model on the labels so far: the Train mode's Home, set up and started
         (the planner picks the preset as for any run; the run snapshots the store at its start)."""
         if self.store is None:
@@ -446,15 +374,10 @@ class RankScreen(Screen):
         if not model:
             self.notify("Model A decides the reward model's starting point: give it first.", severity="warning")
             return
-        from coati_tui.ui.screens.home import HomeScreen
-
         base = rm_base(model)
-        await self.app.switch_mode("train")
-        while not isinstance(self.app.screen, HomeScreen):
-            self.app.pop_screen()
-        self.app.screen.prefill(base, data=str(self.store.path), then="rm",
-                                hint=f"Reward model on {len(records)} labeled pairs from {self.store.path.name}, "
-                                     f"starting from {base}.")
+        self.post_message(PrefillStage(base, data=str(self.store.path), then="rm",
+                                       hint=f"Reward model on {len(records)} labeled pairs from "
+                                            f"{self.store.path.name}, starting from {base}."))
 
 
 def _prompt_text(messages: list[dict]) -> Text:

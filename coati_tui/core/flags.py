@@ -1,0 +1,74 @@
+"""The `coati-tui train` flags that set a preset key, both ways: one table.
+
+The CLI declares its options from it (flag -> key: the run's overrides) and the app writes a run's
+headless command from it (key -> flag). The first name is the flag; the others are the spellings
+ColossalChat's scripts use (``--batch_size``, ``--experience_batch_size``), accepted as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Flag:
+    key: str  # the preset key it sets
+    names: tuple[str, ...]  # the flag, then its other spellings
+    param: str  # the `train` command's parameter that holds it
+    off: str = ""  # a switch: the flag that turns it off
+    min: float | None = None
+    max: float | None = None
+    help: str = ""
+    panel: str | None = None  # the group it shows under in --help
+
+
+PPO = "PPO"
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("lora.rank", ("--lora-rank", "--lora_rank"), "lora_rank", min=0, help="0 = full fine-tune"),
+    Flag("train.batch_size", ("--batch-size", "--batch_size"), "batch_size", min=1),
+    Flag("train.accumulation_steps", ("--accumulation-steps", "--accumulation_steps"), "accumulation_steps", min=1),
+    Flag("train.lr", ("--lr",), "lr"),
+    Flag("train.max_epochs", ("--max-epochs", "--max_epochs"), "max_epochs", min=1),
+    Flag("train.max_len", ("--max-len", "--max_len"), "max_len", min=8),
+    Flag("train.grad_checkpointing", ("--grad-checkpointing", "--grad_checkpoint"), "grad_checkpointing",
+         off="--no-grad-checkpointing"),
+    Flag("ppo.kl_coef", ("--kl-coef", "--kl_coef"), "kl_coef", min=0, panel=PPO),
+    Flag("ppo.ptx_coef", ("--ptx-coef", "--ptx_coef"), "ptx_coef", min=0, panel=PPO),
+    Flag("ppo.clip_eps", ("--clip-eps",), "clip_eps", min=0, panel=PPO),
+    Flag("ppo.value_clip", ("--value-clip",), "value_clip", min=0, panel=PPO),
+    Flag("ppo.gamma", ("--gamma",), "gamma", min=0, max=1, panel=PPO),
+    Flag("ppo.lam", ("--lambda", "--lam"), "lam", min=0, max=1, panel=PPO),
+    Flag("ppo.rollout_batch", ("--rollout-batch", "--experience_batch_size"), "rollout_batch", min=1, panel=PPO),
+    Flag("ppo.max_new_tokens", ("--max-new-tokens",), "max_new_tokens", min=1, panel=PPO),
+    Flag("ppo.temperature", ("--temperature",), "temperature", min=0.01, panel=PPO),
+    Flag("ppo.top_k", ("--top-k",), "top_k", min=0, panel=PPO),
+    Flag("ppo.top_p", ("--top-p",), "top_p", min=0.01, max=1, panel=PPO),
+    Flag("ppo.ppo_epochs", ("--ppo-epochs",), "ppo_epochs", min=1, panel=PPO),
+    Flag("ppo.critic_lr", ("--critic-lr",), "critic_lr", min=0, panel=PPO),
+    Flag("ppo.whiten_advantages", ("--whiten",), "whiten_advantages", off="--no-whiten", panel=PPO),
+    Flag("ppo.reward_clip", ("--reward-clip",), "reward_clip", min=0, panel=PPO),
+)
+BY_KEY: dict[str, Flag] = {f.key: f for f in FLAGS}
+BY_PARAM: dict[str, Flag] = {f.param: f for f in FLAGS}
+
+
+def overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flag -> key: the preset overrides in the `train` command's parameter values (``None``: not given)."""
+    return {f.key: values[f.param] for f in FLAGS if values.get(f.param) is not None}
+
+
+def to_flags(overrides: Mapping[str, Any]) -> list[str]:
+    """Key -> flag: ``{"train.batch_size": 16}`` -> ``["--batch-size", "16"]`` (keys without a flag are left out)."""
+    out: list[str] = []
+    for key, value in overrides.items():
+        flag = BY_KEY.get(key)
+        if flag is None:
+            continue
+        if flag.off:
+            out.append(flag.names[0] if value else flag.off)
+        else:
+            out += [flag.names[0], str(value)]
+    return out
