@@ -38,10 +38,12 @@ def plan(
     from coati_tui.core import hardware, modelinfo, planner, presets
     from coati_tui.core.units import parse_bytes
 
-    stages = planner.STAGES
+    from coati_tui.core.run_config import STAGES
+
+    stages = planner.STAGES  # the table's columns; any stage by name
     if stage:
-        if stage not in planner.STAGES:
-            fail(f"--stage must be one of {', '.join(planner.STAGES)}, not {stage!r}")
+        if stage not in STAGES:
+            fail(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
         stages = (stage,)
     try:
         arch = modelinfo.Arch.from_config(modelinfo.read_config(model))

@@ -26,7 +26,7 @@ def _flag(param: str) -> Any:
 
 
 def train(
-    stage: str = typer.Argument(..., help="sft, rm or ppo"),
+    stage: str = typer.Argument(..., help="sft, rm, ppo, dpo or orpo"),
     model: str | None = typer.Option(None, "--model", "--pretrain", "-m",
                                         help="model folder, earlier run folder, or cached hub id"),
     data: str | None = typer.Option(None, "--data", "--dataset", "--prompts", "--prompt_dataset",
@@ -54,7 +54,8 @@ def train(
     save_interval: int = typer.Option(100, "--save-interval", min=0, help="optimizer steps between checkpoints"),
     eval_split: float = typer.Option(0.05, "--eval-split", min=0.0, max=0.9),
     template: str = typer.Option("", "--template", help="fallback chat template for tokenizers without one: coati"),
-    loss: str = typer.Option("log_sig", "--loss", help="reward model loss: log_sig | log_exp"),
+    loss: str = typer.Option("", "--loss", "--loss_fn", "--loss_type",
+                             help="rm: log_sig | log_exp (default log_sig); dpo: sigmoid | ipo | simpo (default: the preset's)"),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard scalars"),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", "--nproc_per_node", min=1,
                                        help="processes (GPUs) on this node: runs under torchrun"),
@@ -79,6 +80,10 @@ def train(
     critic_lr: float | None = _flag("critic_lr"),
     whiten_advantages: bool | None = _flag("whiten_advantages"),
     reward_clip: float | None = _flag("reward_clip"),
+    beta: float | None = _flag("beta"),
+    label_smoothing: float | None = _flag("label_smoothing"),
+    simpo_gamma: float | None = _flag("simpo_gamma"),
+    precompute_ref: bool | None = _flag("precompute_ref"),
     task: str = typer.Option("", "--task", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="print the event stream (JSON lines) instead of progress"),
 ) -> None:
@@ -87,8 +92,10 @@ def train(
     from coati_tui.data import formats
     from coati_tui.host import runs
 
-    if stage not in ("sft", "rm", "ppo"):
-        fail(f"stage must be sft, rm or ppo, not {stage!r}")
+    from coati_tui.core.run_config import STAGES
+
+    if stage not in STAGES:
+        fail(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
     if resume:
         try:
             cfg = RunConfig.read(resume)
@@ -123,13 +130,16 @@ def _resolve_config(stage: str, model: str, data: str, preset_name: str | None, 
         if strategy not in STRATEGY_ALIASES:
             fail(f"--strategy must be one of {', '.join(STRATEGY_ALIASES)}")
         preset_name = preset_name or STRATEGY_ALIASES[strategy]
+    overrides, loss = flags.overrides(opts, stage), opts["loss"]
+    if stage == "dpo" and loss:  # --loss names DPO's loss; for the reward model it is the run's `loss`
+        overrides["dpo.loss"], loss = loss, ""
     try:
-        return build(stage, model, data, preset_name, flags.overrides(opts), eval_data=opts["eval_data"] or "",
+        return build(stage, model, data, preset_name, overrides, eval_data=opts["eval_data"] or "",
                      reward=opts.get("reward") or "", ptx_data=opts.get("ptx") or "",
                      eval_interval=opts.get("eval_interval", 0), task=opts.get("task", ""),
                      eval_split=opts["eval_split"], max_datasets_size=opts["max_datasets_size"],
                      max_steps=opts["max_steps"], seed=opts["seed"], save_interval=opts["save_interval"],
-                     template=opts["template"], loss=opts["loss"], tensorboard=opts["tensorboard"])
+                     template=opts["template"], loss=loss or "log_sig", tensorboard=opts["tensorboard"])
     except (modelinfo.ModelError, presets.PresetError, ValueError) as exc:
         fail(str(exc))
 

@@ -135,7 +135,11 @@ class StepView:
 STEP_VIEWS: tuple[StepView, ...] = (
     StepView("ppo", "reward_mean", "reward_mean", "reward (mean per rollout)",
              "reward {reward_mean:+.3f} · KL {kl:.3f}"),
-    # a new stage (DPO's margins, GRPO's group reward) is one more row here, above the catch-all
+    StepView("orpo", "log_odds_ratio", "loss", "loss (SFT + odds ratio)",
+             "loss {loss:.4f} · NLL {nll:.4f} · accuracy {accuracy:.2f} · log-odds {log_odds_ratio:+.3f}"),  # before DPO: its events carry DPO's marker too
+    StepView("dpo", "margin", "loss", "loss (DPO / IPO / SimPO)",
+             "loss {loss:.4f} · accuracy {accuracy:.2f} · margin {margin:+.3f}"),
+    # a new stage (GRPO's group reward) is one more row here, above the catch-all
     StepView("", "loss", "loss", "loss", "loss {loss:.4f}"),  # sft, rm and any stage without a row
 )
 

@@ -22,9 +22,14 @@ class Flag:
     max: float | None = None
     help: str = ""
     panel: str | None = None  # the group it shows under in --help
+    stages: tuple[tuple[str, str], ...] = ()  # (stage, key) where this flag sets another stage's key
+
+    def key_for(self, stage: str) -> str:
+        return dict(self.stages).get(stage, self.key)
 
 
 PPO = "PPO"
+PREF = "DPO / SimPO / ORPO"
 
 FLAGS: tuple[Flag, ...] = (
     Flag("lora.rank", ("--lora-rank", "--lora_rank"), "lora_rank", min=0, help="0 = full fine-tune"),
@@ -50,14 +55,21 @@ FLAGS: tuple[Flag, ...] = (
     Flag("ppo.critic_lr", ("--critic-lr",), "critic_lr", min=0, panel=PPO),
     Flag("ppo.whiten_advantages", ("--whiten",), "whiten_advantages", off="--no-whiten", panel=PPO),
     Flag("ppo.reward_clip", ("--reward-clip",), "reward_clip", min=0, panel=PPO),
+    Flag("dpo.beta", ("--beta",), "beta", min=0, panel=PREF, stages=(("orpo", "orpo.beta"),),
+         help="DPO/IPO: distance from the reference; SimPO: reward scale; ORPO: odds-ratio weight"),
+    Flag("dpo.label_smoothing", ("--label-smoothing", "--label_smoothing"), "label_smoothing", min=0, max=0.5,
+         panel=PREF),
+    Flag("dpo.simpo_gamma", ("--simpo-gamma", "--gamma_beta_ratio"), "simpo_gamma", min=0, panel=PREF),
+    Flag("dpo.precompute_ref", ("--precompute-ref",), "precompute_ref", off="--live-ref", panel=PREF),
 )
-BY_KEY: dict[str, Flag] = {f.key: f for f in FLAGS}
+BY_KEY: dict[str, Flag] = {k: f for f in FLAGS for k in (f.key, *(key for _, key in f.stages))}
 BY_PARAM: dict[str, Flag] = {f.param: f for f in FLAGS}
 
 
-def overrides(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Flag -> key: the preset overrides in the `train` command's parameter values (``None``: not given)."""
-    return {f.key: values[f.param] for f in FLAGS if values.get(f.param) is not None}
+def overrides(values: Mapping[str, Any], stage: str = "") -> dict[str, Any]:
+    """Flag -> key: the preset overrides in the `train` command's parameter values (``None``: not given);
+    a flag shared by several stages (``--beta``) sets ``stage``'s key."""
+    return {f.key_for(stage): values[f.param] for f in FLAGS if values.get(f.param) is not None}
 
 
 def to_flags(overrides: Mapping[str, Any]) -> list[str]:

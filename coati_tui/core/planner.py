@@ -33,10 +33,11 @@ from typing import Any
 from coati_tui.core.hardware import Profile
 from coati_tui.core.modelinfo import Arch
 from coati_tui.core.presets import Preset
+from coati_tui.core.run_config import STAGES as ALL_STAGES
 from coati_tui.core.units import fmt_bytes
 
 GIB = 1024**3
-STAGES = ("sft", "rm", "ppo")
+STAGES = ("sft", "rm", "ppo")  # the plan table's columns; plan(stages=...) takes any of run_config.STAGES
 CUDA_CONTEXT = int(0.5 * GIB)  # the CUDA context + cuBLAS workspaces; not in max_memory_allocated
 GPU_MARGIN = 0.10  # kept free for the allocator's fragmentation and spikes
 CPU_MARGIN = 0.10  # kept free for the OS and the UI
@@ -207,9 +208,12 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
     host: dict[str, int] = {"runtime": RUNTIME_RSS[device]}
     alt: dict[str, int] = {}
 
-    if stage in ("sft", "rm"):
-        head = "lm" if stage == "sft" else "score"
-        tokens = batch * seq_len * (2 if stage == "rm" else 1)  # RM: chosen and rejected in one batch
+    if stage in ("sft", "rm", "dpo", "orpo"):
+        head = "score" if stage == "rm" else "lm"
+        # RM and the preference methods: chosen and rejected in one batch.
+        # Their reference costs no weights: adapters off under LoRA, log-probs computed once (precompute_ref)
+        # for a full fine-tune; its no-grad forward needs less than the training forward counted here.
+        tokens = batch * seq_len * (1 if stage == "sft" else 2)
         d, h = train_state(arch, preset, w, head)
         _add(dev, d)
         _add(host, h)
@@ -250,7 +254,7 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
         dev["rollout_or_update"] = max(rollout, acts)
         alt["rollout_peak"], alt["update_peak"] = rollout, acts
     else:
-        raise ValueError(f"unknown stage {stage!r} (use {', '.join(STAGES)})")
+        raise ValueError(f"unknown stage {stage!r} (use {', '.join(ALL_STAGES)})")
 
     if device == "cpu":  # the model trains in RAM: everything lands in the host's column
         _add(host, dev)  # children run with coati_tui.procenv's malloc settings, so RSS tracks live tensors

@@ -101,6 +101,35 @@ class PPO:
     memory_lean: bool = _f(True, "one base model carries actor and critic adapters; reference = adapters off")
 
 
+DPO_LOSSES = ("sigmoid", "ipo", "simpo")
+
+
+@dataclass
+class DPO:
+    loss: str = _f("sigmoid", "sigmoid = DPO; ipo = IPO (squared, per-token log-ratios); simpo = SimPO (length-"
+                   "normalised log-probs, a target margin, no reference model)", choices=DPO_LOSSES)
+    beta: float = _f(0.1, "how far the policy may move from the reference: lower = further (SimPO: the reward scale)",
+                     minimum=0)
+    label_smoothing: float = _f(0.0, "share of pairs assumed mislabelled (conservative DPO); 0 = trust every label",
+                                minimum=0)
+    simpo_gamma: float = _f(0.5, "SimPO's target reward margin (in units of beta)", minimum=0)
+    precompute_ref: bool = _f(False, "compute the reference's log-probs once before training and cache them in the "
+                              "run folder: each step then runs one model (full fine-tunes always do)")
+
+
+@dataclass
+class ORPO:
+    beta: float = _f(0.1, "weight of the odds-ratio term beside the SFT loss on the chosen answer", minimum=0)
+
+
+@dataclass
+class KTO:
+    beta: float = _f(0.1, "how far the policy may move from the reference", minimum=0)
+    desirable_weight: float = _f(1.0, "loss weight of desirable (good) examples", minimum=0)
+    undesirable_weight: float = _f(1.0, "loss weight of undesirable (bad) examples", minimum=0)
+    precompute_ref: bool = _f(False, "compute the reference's log-probs once before training (full fine-tunes always do)")
+
+
 @dataclass
 class Needs:
     cuda: bool = _f(False, "needs an NVIDIA GPU with CUDA")
@@ -121,6 +150,9 @@ class Preset:
     offload: Offload = field(default_factory=Offload)
     train: Train = field(default_factory=Train)
     ppo: PPO = field(default_factory=PPO)
+    dpo: DPO = field(default_factory=DPO)
+    orpo: ORPO = field(default_factory=ORPO)
+    kto: KTO = field(default_factory=KTO)
     needs: Needs = field(default_factory=Needs)
     path: str = field(default="", metadata={"help": "where it was read from", "internal": True})
 

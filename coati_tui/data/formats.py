@@ -285,6 +285,17 @@ def load_prompts(path: str | Path, limit: int = 0) -> list[list[Message]]:
     return _load(path, limit, prompt_messages)
 
 
+def load_for(stage: str, path: str | Path, limit: int = 0) -> list[Any]:
+    """What ``stage`` trains on, read from ``path`` (one table, so the CLI's check before a run folder
+    exists and the trainer read the same): SFT conversations, preference pairs, or PPO prompts."""
+    loaders: dict[str, Callable[[str | Path, int], list[Any]]] = {
+        "sft": load_sft, "rm": load_preferences, "ppo": load_prompts, "dpo": load_preferences,
+        "orpo": load_preferences}
+    if stage not in loaders:
+        raise ValueError(f"no data format for stage {stage!r}")
+    return loaders[stage](path, limit)
+
+
 def sniff(path: str | Path, preview: int = 3) -> tuple[str, int, list[Pair | list[Message]]]:
     """What a data file holds, checked whole: ("sft" | "preferences" | "prompts", record count, the first
     ``preview`` records in normal form). The first record decides the kind; a bad record raises

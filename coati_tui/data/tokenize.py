@@ -186,3 +186,54 @@ def prepare_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
     stats = {"examples": len(examples), "truncated": truncated,
              "tokens": sum(len(c) + len(r) for c, r in examples)}
     return examples, stats
+
+
+def tokenize_answer(tokenizer: Tokenizer, prompt: list[Message], answer: list[Message], max_len: int,
+                    end_text: str | None = None) -> Tokenized:
+    """``prompt + answer`` with labels on the answer's tokens only (the last turns, up to and including
+    its end token). Too long: the prompt loses tokens from its start (one is always kept), then the
+    answer is cut at its end. Used by the preference methods (DPO, SimPO, ORPO, KTO)."""
+    prefix = render(tokenizer, prompt, add_generation_prompt=True)
+    text = render(tokenizer, prompt + answer)
+    if not text.startswith(prefix):
+        raise TemplateError("the chat template changes the prompt when an answer follows; cannot tell the "
+                            "answer's tokens apart")
+    if end_text and end_text in text[len(prefix):]:
+        text = text[: text.rindex(end_text) + len(end_text)]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [t if s >= len(prefix) else -100 for t, (s, _e) in zip(ids, enc["offset_mapping"])]
+    truncated = len(ids) > max_len
+    if truncated:
+        n_prompt = next((k for k, x in enumerate(labels) if x != -100), len(labels))
+        drop = min(len(ids) - max_len, max(0, n_prompt - 1))
+        ids, labels = ids[drop:][:max_len], labels[drop:][:max_len]
+    return Tokenized(ids, labels, truncated)
+
+
+def prepare_preferences(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
+                        source: str = "<data>") -> tuple[list[tuple[Tokenized, Tokenized]], dict[str, int]]:
+    """(chosen, rejected) with answer-only labels, and stats. A pair whose answer lost every token stops
+    the run naming the record."""
+    end_id, _ = end_token(tokenizer)
+    end_text = tokenizer.convert_ids_to_tokens(end_id)
+    examples: list[tuple[Tokenized, Tokenized]] = []
+    truncated = 0
+    for n, pair in enumerate(pairs, 1):
+        try:
+            sides = [tokenize_answer(tokenizer, pair.prompt, side, max_len, end_text)
+                     for side in (pair.chosen, pair.rejected)]
+        except TemplateError:
+            raise
+        except Exception as exc:
+            raise DataError(source, f"record {n}", None, f"the chat template refused it: {exc}") from exc
+        for name, tok in zip(("chosen", "rejected"), sides):
+            if all(x == -100 for x in tok.labels):
+                raise DataError(source, f"record {n}", name, f"no answer token left within max_len={max_len}")
+        truncated += any(t.truncated for t in sides)
+        examples.append((sides[0], sides[1]))
+    stats = {"examples": len(examples), "truncated": truncated,
+             "tokens": sum(len(c.input_ids) + len(r.input_ids) for c, r in examples)}
+    if not examples:
+        raise DataError(source, None, None, "no preference pairs")
+    return examples, stats

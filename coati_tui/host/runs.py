@@ -179,10 +179,9 @@ def prepare(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     """Check the data's format (raises DataError naming file, line, field), then write the run folder."""
     from coati_tui.data import formats
 
-    load = {"sft": formats.load_sft, "rm": formats.load_preferences, "ppo": formats.load_prompts}[cfg.stage]
-    load(cfg.data, cfg.max_datasets_size)
+    formats.load_for(cfg.stage, cfg.data, cfg.max_datasets_size)
     if cfg.eval_data:
-        load(cfg.eval_data)
+        formats.load_for(cfg.stage, cfg.eval_data)
     if getattr(cfg, "ptx_data", ""):
         formats.load_sft(cfg.ptx_data)
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg.stage, cfg.model)

@@ -16,6 +16,8 @@ RECIPES = {  # stage -> (module, class)
     "sft": ("coati_tui.trainer.sft", "SFT"),
     "rm": ("coati_tui.trainer.rm", "RewardModel"),
     "ppo": ("coati_tui.trainer.ppo.recipe", "PPO"),
+    "dpo": ("coati_tui.trainer.dpo", "DPO"),
+    "orpo": ("coati_tui.trainer.orpo", "ORPO"),
 }
 
 

@@ -1,0 +1,212 @@
+"""DPO, IPO, SimPO and ORPO: each loss against its formula worked by hand and (DPO, IPO) against TRL on the
+same batch; DPO learning a bilingual preference through the real CLI and trainer child; the reference
+precomputed equals adapters off; resume; the Rank pane's store as input; malformed rows."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+from sample_data import preference_records, write_jsonl
+
+from coati_tui.core import events
+
+torch = pytest.importorskip("torch")
+
+SMALL = ["--batch-size", "4", "--accumulation-steps", "1", "--max-len", "64", "--lora-rank", "8", "--lr", "3e-3",
+         "--eval-split", "0.2"]
+
+
+def train(stage, *args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "coati_tui", "train", stage, *args, "--json"], capture_output=True,
+                          text=True, timeout=timeout)
+    return proc, [e for e in map(events.parse, proc.stdout.splitlines()) if e]
+
+
+def of(evs, kind):
+    return [e for e in evs if e["type"] == kind]
+
+
+def _t(*xs):
+    return torch.tensor(xs, dtype=torch.float64)
+
+
+def _logsig(x):
+    return -math.log1p(math.exp(-x))
+
+
+def test_each_loss_equals_its_formula():
+    from coati_tui.trainer import prefs_math as P
+
+    c, r, ref_c, ref_r, n_c, n_r = _t(-1.0), _t(-4.0), _t(-1.5), _t(-3.0), _t(2.0), _t(4.0)
+    # DPO: d = (c - ref_c) - (r - ref_r) = 0.5 - (-1.0) = 1.5; beta 0.1
+    loss, rc, rr = P.dpo(c, r, ref_c, ref_r, 0.1)
+    assert float(loss) == pytest.approx(-_logsig(0.15), abs=1e-9)
+    assert (float(rc), float(rr)) == pytest.approx((0.05, -0.1))
+    loss, _, _ = P.dpo(c, r, ref_c, ref_r, 0.1, label_smoothing=0.2)
+    assert float(loss) == pytest.approx(-0.8 * _logsig(0.15) - 0.2 * _logsig(-0.15), abs=1e-9)
+    # IPO: per-token log-ratios 0.5/2 - (-1)/4 = 0.5; target 1 / (2 beta) = 5
+    loss, _, _ = P.ipo(c, r, ref_c, ref_r, n_c, n_r, 0.1)
+    assert float(loss) == pytest.approx((0.5 - 5) ** 2)
+    # SimPO: averages -0.5 and -1; margin 0.5 - gamma 0.5 = 0 -> log 2, whatever beta
+    loss, rc, rr = P.simpo(c, r, n_c, n_r, 2.0, 0.5)
+    assert float(loss) == pytest.approx(math.log(2))
+    assert (float(rc), float(rr)) == pytest.approx((-1.0, -2.0))
+    # ORPO: log odds(p) = log p - log(1 - p) of the per-token averages
+    loss, _, _, log_odds = P.orpo(c, r, n_c, n_r, 0.1)
+    want = (-0.5 - math.log(1 - math.exp(-0.5))) - (-1.0 - math.log(1 - math.exp(-1.0)))
+    assert float(log_odds) == pytest.approx(want)
+    assert float(loss) == pytest.approx(-0.1 * _logsig(want))
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+def test_dpo_and_ipo_equal_trl_on_the_same_batch(loss, tiny_model, tmp_path):
+    """The same LoRA model (its adapters moved off zero), the same tokens: coati-tui's loss and TRL's
+    DPOTrainer's, the reference being the adapters switched off on both sides."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from coati_tui.core import presets
+    from coati_tui.data import formats
+    from coati_tui.data.tokenize import load_tokenizer, prepare_preferences
+    from coati_tui.trainer import strategy
+    from coati_tui.trainer.dpo import DPO, PrefItem
+
+    tok, _ = load_tokenizer(str(tiny_model))
+    pairs = [formats.preference_pair(r) for r in preference_records(8)]
+    examples, _ = prepare_preferences(tok, pairs, 64)
+    preset = presets.load("lora_naive").with_overrides({"dpo.loss": loss})
+    trl_args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=preset.dpo.beta, loss_type=[loss], report_to=[],
+                         use_cpu=True, per_device_train_batch_size=2, max_length=64)
+    dummy = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
+                                "chosen": [{"role": "assistant", "content": "a"}],
+                                "rejected": [{"role": "assistant", "content": "b"}]}] * 2)
+    torch.manual_seed(0)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=trl_args, train_dataset=dummy,
+                         processing_class=tok,
+                         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    model = trainer.model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    ours = DPO.__new__(DPO)  # the recipe's own loss code on this model, without a run folder
+    ours.preset, ours.device, ours.tokenizer, ours.ref_cache, ours.model = preset, "cpu", tok, None, model
+    ours.strategy = strategy.Naive("cpu", "fp32")
+    batch = ours.collate([PrefItem(c, r, i) for i, (c, r) in enumerate(examples)])
+    with torch.no_grad():
+        mine, metrics = ours.pair_loss(batch)
+        theirs = trainer._compute_loss(model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                                               "completion_mask": (batch["labels"] != -100).long()}, False)
+    assert abs(float(mine) - float(theirs)) < 1e-5, (float(mine), float(theirs))
+    assert abs(float(mine) - (math.log(2) if loss == "sigmoid" else 25.0)) > 1e-3  # policy != reference
+
+
+def test_dpo_learns_a_bilingual_preference_and_its_output_loads(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(60))
+    out = tmp_path / "dpo"
+    proc, evs = train("dpo", "--model", str(tiny_model), "--data", data, "--out", str(out), *SMALL,
+                      "--max-epochs", "3", "--beta", "0.1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start, = of(evs, "start")
+    assert start["loss_type"] == "sigmoid" and start["reference"] == "adapters_off"
+    steps = of(evs, "step")
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the first step
+    for key in ("accuracy", "margin", "chosen_reward", "rejected_reward", "logp_chosen", "logp_rejected", "kl"):
+        assert key in steps[-1]
+    final_eval = of(evs, "eval")[-1]["metrics"]
+    assert final_eval["accuracy"] >= 0.9 and final_eval["margin"] > 0, final_eval
+    assert steps[-1]["loss"] < steps[0]["loss"]
+
+    from peft import AutoPeftModelForCausalLM
+    from transformers import GenerationConfig
+
+    from coati_tui.data.tokenize import end_token, load_tokenizer
+
+    assert AutoPeftModelForCausalLM.from_pretrained(out / "final").peft_config  # a PEFT adapter over the base
+    tok, _ = load_tokenizer(str(out / "final"))
+    end_id, _ = end_token(tok)
+    assert end_id in GenerationConfig.from_pretrained(out / "final").eos_token_id
+    assert json.loads((out / "final" / "coati.json").read_text())["stage"] == "dpo"
+
+
+def test_precomputed_reference_equals_adapters_off_and_resume_repeats_the_run(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(40))
+    common = ["--model", str(tiny_model), "--data", data, *SMALL, "--max-epochs", "2", "--save-interval", "4"]
+    proc, live = train("dpo", *common, "--out", str(tmp_path / "live"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, cached = train("dpo", *common, "--precompute-ref", "--out", str(tmp_path / "cached"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert of(cached, "start")[0]["reference"] == "precomputed"
+    assert (tmp_path / "cached" / "ref_logps.safetensors").is_file()
+    a, b = of(live, "step"), of(cached, "step")
+    assert len(a) == len(b) == of(live, "start")[0]["total_steps"]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) < 1e-4 and abs(x["margin"] - y["margin"]) < 1e-4
+
+    # what a run killed after its older kept checkpoint leaves behind: resume repeats the rest
+    whole, cut = tmp_path / "cached", tmp_path / "cut"
+    first = min(int(p.name.split("-")[1]) for p in (whole / "checkpoints").iterdir())
+    shutil.copytree(whole / "checkpoints" / f"step-{first}", cut / "checkpoints" / f"step-{first}")
+    for name in ("config.toml", "ref_logps.safetensors"):
+        shutil.copy(whole / name, cut / name)
+    proc, resumed = train("dpo", "--resume", str(cut))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert of(resumed, "start")[0]["resumed_from"] == first
+    reference = {e["step"]: e["loss"] for e in b}
+    steps = of(resumed, "step")
+    assert steps[0]["step"] == first + 1 and steps[-1]["step"] == max(reference)
+    for e in steps:
+        assert abs(e["loss"] - reference[e["step"]]) < 1e-4, e["step"]
+
+
+@pytest.mark.parametrize("method", ["simpo", "orpo"])
+def test_simpo_and_orpo_train_without_a_reference(method, tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(40))
+    stage, extra = ("dpo", ["--loss", "simpo", "--beta", "2.0"]) if method == "simpo" else ("orpo", [])
+    proc, evs = train(stage, "--model", str(tiny_model), "--data", data, "--out", str(tmp_path / method), *SMALL,
+                      "--max-epochs", "2", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start, = of(evs, "start")
+    assert start["reference"] == "none" and start["loss_type"] == method
+    assert "kl" not in of(evs, "step")[-1]
+    if method == "orpo":
+        assert of(evs, "step")[-1]["nll"] < of(evs, "step")[0]["nll"]  # its SFT term learns the chosen answers
+    assert of(evs, "eval")[-1]["metrics"]["accuracy"] >= 0.75
+
+
+def test_the_rank_panes_store_is_training_data(tiny_model, tmp_path):
+    from coati_tui.data.prefstore import Store
+
+    store = tmp_path / "prefs.sqlite"
+    s = Store(store)
+    for i, rec in enumerate(preference_records(24)):
+        q = rec.get("prompt") or rec["context"][0]["content"]
+        good = rec["chosen"] if isinstance(rec["chosen"], str) else rec["chosen"][0]["content"]
+        bad = rec["rejected"] if isinstance(rec["rejected"], str) else rec["rejected"][0]["content"]
+        prompt = s.add_prompt([{"role": "user", "content": q}], "test")
+        pair = s.add_pair(prompt, {"text": good, "model": "m"}, {"text": bad, "model": "m"}, swapped=i % 2 == 1)
+        s.judge(pair, "B" if i % 2 else "A", "ann")  # the good answer, wherever it was shown
+    s.close()
+    out = tmp_path / "run"
+    proc, evs = train("dpo", "--model", str(tiny_model), "--data", str(store), "--out", str(out), *SMALL,
+                      "--max-steps", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert of(evs, "start")[0]["data"]["examples"] == 24
+    assert list(out.glob("prefs-*.jsonl"))  # the labels as they were at the start: resume trains on the same
+
+
+def test_malformed_preference_rows_stop_before_a_run_folder(tiny_model, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "你好", "chosen": "你好！", "rejected": "滚"}\n'
+                    '{"prompt": "hi", "chosen": "hello"}\n', encoding="utf-8")
+    proc, evs = train("dpo", "--model", str(tiny_model), "--data", str(path), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and evs == []
+    assert f"{path}: line 2, field 'rejected'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
