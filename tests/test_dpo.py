@@ -210,3 +210,19 @@ def test_malformed_preference_rows_stop_before_a_run_folder(tiny_model, tmp_path
     assert proc.returncode == 2 and evs == []
     assert f"{path}: line 2, field 'rejected'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_demo_method_dpo_raises_the_true_score(tmp_path):
+    """`coati-tui demo --method dpo`: SFT, then DPO on the demo's pairs; the answers' true score (a program)
+    rises from the SFT model's."""
+    import os
+
+    home = tmp_path / "home"
+    proc = subprocess.run([sys.executable, "-m", "coati_tui", "demo", "--method", "dpo", "--out", str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COATI_TUI_HOME": str(home)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["true_score_dpo"] > summary["true_score_sft"], summary
+    assert summary["dpo_accuracy"] > 0.6
+    evs = events.read(home / "runs" / "demo-dpo" / "events.jsonl")
+    assert of(evs, "eval")[0]["step"] == 0 and "true_score" in of(evs, "eval")[0]["metrics"]

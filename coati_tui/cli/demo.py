@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 def demo(
     out: Path | None = typer.Option(None, "--out", help="data and model folder (default: ~/coati-tui/demo)"),
+    method: str = typer.Option("ppo", "--method", help="ppo: SFT -> RM -> PPO; dpo: SFT -> DPO on the same pairs"),
     ppo_steps: int = typer.Option(0, "--ppo-steps", min=0, help="PPO steps (default: the demo's 40)"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="keep finished stages, resume a cancelled one"),
@@ -36,6 +37,8 @@ def demo(
     from coati_tui.host.build import build
     from coati_tui.trainer.tiny import CORPUS, build_tiny_model
 
+    if method not in task.METHODS:
+        raise typer.BadParameter(f"--method must be one of {', '.join(task.METHODS)}")
     root = out or paths.home() / "demo"
     console = make_console()
     model = root / "model"
@@ -44,9 +47,10 @@ def demo(
         build_tiny_model(model, corpus=task.corpus() + CORPUS, vocab_size=512, hidden=64, layers=2, seed=seed)
     files = {name: root / "data" / f"{name}.jsonl" for name in ("sft", "prefs", "prompts", "test_prompts")}
     console.print(f"[bold]coati-tui demo[/]: data in {root / 'data'}, model in {model}")
-    inputs = {"sft": (str(model), files["sft"]), "rm": (None, files["prefs"]), "ppo": (None, files["prompts"])}
+    inputs = {"sft": (str(model), files["sft"]), "rm": (None, files["prefs"]), "ppo": (None, files["prompts"]),
+              "dpo": (None, files["prefs"])}
     results: dict[str, list[dict[str, Any]]] = {}
-    for stage in ("sft", "rm", "ppo"):
+    for stage in task.METHODS[method]:
         spec = task.STAGES[stage]
         settings = dict(spec["settings"])
         if stage == "ppo" and ppo_steps:
@@ -73,7 +77,7 @@ def demo(
         if code or runs.status(run_dir)["status"] != "completed":  # a failure, or cancelled: stop here
             console.print(f"stopped at {stage}; continue with: coati-tui demo --resume")
             raise typer.Exit(code)
-    raise typer.Exit(_report(results, console))
+    raise typer.Exit(_report(results, console) if method == "ppo" else _report_dpo(results, console))
 
 
 def _report(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
@@ -100,3 +104,17 @@ def _report(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
                       "true_score_sft": before.get("true_score"), "true_score_ppo": after.get("true_score"),
                       "kl": after.get("kl")}))
     return 0 if ok_rm and ok_ppo else 1
+
+
+def _report_dpo(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
+    """DPO's held-out preference accuracy and the true score of its answers before and after; 1 below the bar."""
+    evals = [e["metrics"] for e in results["dpo"] if e["type"] == "eval"]
+    before, after = (evals[0], evals[-1]) if evals else ({}, {})
+    ok = after.get("true_score", 0) > before.get("true_score", 1)
+    console.print("\n[bold]demo results[/] (SFT -> DPO)")
+    console.print(f"  DPO  held-out preference accuracy {after.get('accuracy', 0):.3f}, true score "
+                  f"{before.get('true_score', float('nan')):.3f} (SFT model) -> "
+                  f"{after.get('true_score', float('nan')):.3f} (DPO model) " + ("[green]ok[/]" if ok else "[red]no gain[/]"))
+    print(json.dumps({"dpo_accuracy": after.get("accuracy"), "true_score_sft": before.get("true_score"),
+                      "true_score_dpo": after.get("true_score")}))
+    return 0 if ok else 1

@@ -120,4 +120,10 @@ STAGES = {
                           "ppo.max_new_tokens": 24, "ppo.kl_coef": 0.1, "ppo.ptx_coef": 0.05, "ppo.critic_lr": 2e-3,
                           "ppo.sample_every": 2},
             "settings": {"max_steps": 60, "eval_interval": 20, "task": "demo"}},
+    # `coati-tui demo --method dpo`: SFT, then DPO straight from the pairs the RM would have learned from
+    "dpo": {"overrides": {"lora.rank": 16, "train.batch_size": 16, "train.accumulation_steps": 1,
+                          "train.lr": 1e-3, "train.max_epochs": 1, "train.max_len": 64,
+                          "train.grad_checkpointing": False, "dpo.beta": 0.1},  # more epochs over-fit the pairs
+            "settings": {"eval_split": 0.05, "task": "demo"}},
 }
+METHODS = {"ppo": ("sft", "rm", "ppo"), "dpo": ("sft", "dpo")}  # the demo's stages per method
