@@ -59,6 +59,13 @@ def test_each_loss_equals_its_formula():
     want = (-0.5 - math.log(1 - math.exp(-0.5))) - (-1.0 - math.log(1 - math.exp(-1.0)))
     assert float(log_odds) == pytest.approx(want)
     assert float(loss) == pytest.approx(-0.1 * _logsig(want))
+    # KTO: log-ratios +0.5 (desirable) and -1.0 (undesirable), batch KL 0.2, beta 0.1, weights 1 and 2
+    loss, reward = P.kto(_t(-1.0, -4.0), _t(-1.5, -3.0), torch.tensor([True, False]), _t(0.2), 0.1, 1.0, 2.0)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert loss.tolist() == pytest.approx([1 - sig(0.1 * (0.5 - 0.2)), 2 * (1 - sig(0.1 * (0.2 + 1.0)))])
+    assert reward.tolist() == pytest.approx([0.05, -0.1])
+    loss, _ = P.kto(_t(-1.0), _t(-1.5), torch.tensor([True]), _t(-3.0), 0.1, 1.0, 1.0)  # a negative KL counts as 0
+    assert float(loss) == pytest.approx(1 - sig(0.05))
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
@@ -226,3 +233,36 @@ def test_demo_method_dpo_raises_the_true_score(tmp_path):
     assert summary["dpo_accuracy"] > 0.6
     evs = events.read(home / "runs" / "demo-dpo" / "events.jsonl")
     assert of(evs, "eval")[0]["step"] == 0 and "true_score" in of(evs, "eval")[0]["metrics"]
+
+
+def _unpaired(n):
+    out = []
+    for i, r in enumerate(preference_records(n)):
+        q = r.get("prompt") or r["context"][0]["content"]
+        side = "chosen" if i % 2 else "rejected"
+        text = r[side] if isinstance(r[side], str) else r[side][0]["content"]
+        out.append({"prompt": q, "completion": text, "label": bool(i % 2)})
+    return out
+
+
+@pytest.mark.parametrize("source", ["unpaired", "pairs"])
+def test_kto_learns_from_answers_labelled_one_at_a_time(source, tiny_model, tmp_path):
+    records = _unpaired(60) if source == "unpaired" else preference_records(30)  # a pair gives one of each
+    data = write_jsonl(tmp_path / "kto.jsonl", records)
+    proc, evs = train("kto", "--model", str(tiny_model), "--data", data, "--out", str(tmp_path / "kto"), *SMALL,
+                      "--max-epochs", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start, = of(evs, "start")
+    assert start["data"]["examples"] == 60 and start["data"]["desirable"] == 30 and start["reference"] == "adapters_off"
+    assert of(evs, "step")[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # 1 - sigmoid(0) at the reference
+    final = of(evs, "eval")[-1]["metrics"]
+    assert final["reward_desirable"] > 0 > final["reward_undesirable"], final
+
+
+def test_kto_rows_with_a_bad_label_stop_before_a_run_folder(tiny_model, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "你好", "completion": "你好！", "label": true}\n'
+                    '{"prompt": "hi", "completion": "hello", "label": "maybe"}\n', encoding="utf-8")
+    proc, evs = train("kto", "--model", str(tiny_model), "--data", str(path), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and evs == []
+    assert f"{path}: line 2, field 'label'" in proc.stderr and "Traceback" not in proc.stderr

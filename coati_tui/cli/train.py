@@ -26,7 +26,7 @@ def _flag(param: str) -> Any:
 
 
 def train(
-    stage: str = typer.Argument(..., help="sft, rm, ppo, dpo or orpo"),
+    stage: str = typer.Argument(..., help="sft, rm, ppo, dpo, orpo or kto"),
     model: str | None = typer.Option(None, "--model", "--pretrain", "-m",
                                         help="model folder, earlier run folder, or cached hub id"),
     data: str | None = typer.Option(None, "--data", "--dataset", "--prompts", "--prompt_dataset",
@@ -84,6 +84,8 @@ def train(
     label_smoothing: float | None = _flag("label_smoothing"),
     simpo_gamma: float | None = _flag("simpo_gamma"),
     precompute_ref: bool | None = _flag("precompute_ref"),
+    desirable_weight: float | None = _flag("desirable_weight"),
+    undesirable_weight: float | None = _flag("undesirable_weight"),
     task: str = typer.Option("", "--task", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="print the event stream (JSON lines) instead of progress"),
 ) -> None:

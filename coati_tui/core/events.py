@@ -139,6 +139,8 @@ STEP_VIEWS: tuple[StepView, ...] = (
              "loss {loss:.4f} · NLL {nll:.4f} · accuracy {accuracy:.2f} · log-odds {log_odds_ratio:+.3f}"),  # before DPO: its events carry DPO's marker too
     StepView("dpo", "margin", "loss", "loss (DPO / IPO / SimPO)",
              "loss {loss:.4f} · accuracy {accuracy:.2f} · margin {margin:+.3f}"),
+    StepView("kto", "reward_desirable", "loss", "loss (KTO)",
+             "loss {loss:.4f} · reward good {reward_desirable:+.3f} / bad {reward_undesirable:+.3f} · KL {kl:.3f}"),
     # a new stage (GRPO's group reward) is one more row here, above the catch-all
     StepView("", "loss", "loss", "loss", "loss {loss:.4f}"),  # sft, rm and any stage without a row
 )

@@ -29,7 +29,7 @@ class Flag:
 
 
 PPO = "PPO"
-PREF = "DPO / SimPO / ORPO"
+PREF = "DPO / SimPO / ORPO / KTO"
 
 FLAGS: tuple[Flag, ...] = (
     Flag("lora.rank", ("--lora-rank", "--lora_rank"), "lora_rank", min=0, help="0 = full fine-tune"),
@@ -55,12 +55,16 @@ FLAGS: tuple[Flag, ...] = (
     Flag("ppo.critic_lr", ("--critic-lr",), "critic_lr", min=0, panel=PPO),
     Flag("ppo.whiten_advantages", ("--whiten",), "whiten_advantages", off="--no-whiten", panel=PPO),
     Flag("ppo.reward_clip", ("--reward-clip",), "reward_clip", min=0, panel=PPO),
-    Flag("dpo.beta", ("--beta",), "beta", min=0, panel=PREF, stages=(("orpo", "orpo.beta"),),
+    Flag("dpo.beta", ("--beta",), "beta", min=0, panel=PREF, stages=(("orpo", "orpo.beta"), ("kto", "kto.beta")),
          help="DPO/IPO: distance from the reference; SimPO: reward scale; ORPO: odds-ratio weight"),
     Flag("dpo.label_smoothing", ("--label-smoothing", "--label_smoothing"), "label_smoothing", min=0, max=0.5,
          panel=PREF),
     Flag("dpo.simpo_gamma", ("--simpo-gamma", "--gamma_beta_ratio"), "simpo_gamma", min=0, panel=PREF),
-    Flag("dpo.precompute_ref", ("--precompute-ref",), "precompute_ref", off="--live-ref", panel=PREF),
+    Flag("dpo.precompute_ref", ("--precompute-ref",), "precompute_ref", off="--live-ref", panel=PREF,
+         stages=(("kto", "kto.precompute_ref"),)),
+    Flag("kto.desirable_weight", ("--desirable-weight", "--desirable_weight"), "desirable_weight", min=0, panel=PREF),
+    Flag("kto.undesirable_weight", ("--undesirable-weight", "--undesirable_weight"), "undesirable_weight", min=0,
+         panel=PREF),
 )
 BY_KEY: dict[str, Flag] = {k: f for f in FLAGS for k in (f.key, *(key for _, key in f.stages))}
 BY_PARAM: dict[str, Flag] = {f.param: f for f in FLAGS}

@@ -208,9 +208,9 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
     host: dict[str, int] = {"runtime": RUNTIME_RSS[device]}
     alt: dict[str, int] = {}
 
-    if stage in ("sft", "rm", "dpo", "orpo"):
+    if stage in ("sft", "rm", "dpo", "orpo", "kto"):
         head = "score" if stage == "rm" else "lm"
-        # RM and the preference methods: chosen and rejected in one batch.
+        # RM and the preference methods: chosen and rejected (KTO: answers and mismatched ones) in one batch.
         # Their reference costs no weights: adapters off under LoRA, log-probs computed once (precompute_ref)
         # for a full fine-tune; its no-grad forward needs less than the training forward counted here.
         tokens = batch * seq_len * (1 if stage == "sft" else 2)

@@ -22,9 +22,9 @@ import tomli_w
 from coati_tui.core import presets
 from coati_tui.core.presets import Preset
 
-STAGES = ("sft", "rm", "ppo", "dpo", "orpo")
-# the preference methods: trained on pairs without a reward model
-PREFERENCE_STAGES = ("dpo", "orpo")
+STAGES = ("sft", "rm", "ppo", "dpo", "orpo", "kto")
+# the preference methods: trained on pairs (KTO: answers labelled good or bad) without a reward model
+PREFERENCE_STAGES = ("dpo", "orpo", "kto")
 RM_LOSSES = ("log_sig", "log_exp")
 
 

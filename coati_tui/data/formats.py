@@ -285,12 +285,50 @@ def load_prompts(path: str | Path, limit: int = 0) -> list[list[Message]]:
     return _load(path, limit, prompt_messages)
 
 
+@dataclass
+class Labelled:
+    """KTO's unpaired example: an answer to a prompt, marked desirable or not."""
+
+    prompt: list[Message]
+    completion: list[Message]
+    desirable: bool
+
+
+def labelled_examples(rec: Record, path: str | Path = "<data>", where: str | None = None) -> list[Labelled]:
+    """TRL's unpaired ``{"prompt", "completion", "label": bool}``, or a preference pair, which gives one
+    desirable (chosen) and one undesirable (rejected) example."""
+    if "chosen" in rec or "rejected" in rec:
+        pair = preference_pair(rec, path, where)
+        return [Labelled(pair.prompt, pair.chosen, True), Labelled(pair.prompt, pair.rejected, False)]
+    for key in ("prompt", "completion", "label"):
+        if key not in rec:
+            raise DataError(path, where, key, f"an unpaired record needs prompt, completion and label; got keys "
+                                              f"{sorted(rec)}")
+    label = rec["label"]
+    if isinstance(label, str) and label.lower() in ("true", "false", "1", "0"):
+        label = label.lower() in ("true", "1")  # a CSV's text
+    if not isinstance(label, bool) and label not in (0, 1):
+        raise DataError(path, where, "label", f"must be true or false, not {label!r}")
+    value = rec["prompt"]
+    prompt = [{"role": "user", "content": value}] if isinstance(value, str) else _messages(value, path, where, "prompt")
+    completion = _side(rec["completion"], path, where, "completion")
+    if not completion or completion[-1]["role"] != "assistant":
+        raise DataError(path, where, "completion", "must end with an assistant answer")
+    return [Labelled(prompt, completion, bool(label))]
+
+
+def load_labelled(path: str | Path, limit: int = 0) -> list[Labelled]:
+    groups = _load(path, limit, labelled_examples)
+    return [x for group in groups for x in group]
+
+
 def load_for(stage: str, path: str | Path, limit: int = 0) -> list[Any]:
     """What ``stage`` trains on, read from ``path`` (one table, so the CLI's check before a run folder
-    exists and the trainer read the same): SFT conversations, preference pairs, or PPO prompts."""
+    exists and the trainer read the same): SFT conversations, preference pairs, KTO's labelled answers,
+    or PPO prompts."""
     loaders: dict[str, Callable[[str | Path, int], list[Any]]] = {
         "sft": load_sft, "rm": load_preferences, "ppo": load_prompts, "dpo": load_preferences,
-        "orpo": load_preferences}
+        "orpo": load_preferences, "kto": load_labelled}
     if stage not in loaders:
         raise ValueError(f"no data format for stage {stage!r}")
     return loaders[stage](path, limit)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from coati_tui.data.formats import DataError, Message, Pair
+from coati_tui.data.formats import DataError, Labelled, Message, Pair
 
 # A transformers (fast) tokenizer; typed loosely so that this module imports no transformers.
 Tokenizer: TypeAlias = Any
@@ -237,3 +237,34 @@ def prepare_preferences(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
     if not examples:
         raise DataError(source, None, None, "no preference pairs")
     return examples, stats
+
+
+def prepare_labelled(tokenizer: Tokenizer, examples: list[Labelled], max_len: int, seed: int = 0,
+                     source: str = "<data>") -> tuple[list[tuple[Tokenized, Tokenized, bool]], dict[str, int]]:
+    """KTO: (answer, mismatched answer, desirable) per example. The mismatched one is another example's
+    answer to this prompt (a fixed seeded pairing, so its reference log-probs can be cached): the batch's
+    KL estimate reads them."""
+    import random
+
+    end_id, _ = end_token(tokenizer)
+    end_text = tokenizer.convert_ids_to_tokens(end_id)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}  # a cycle: never itself
+    out: list[tuple[Tokenized, Tokenized, bool]] = []
+    truncated = 0
+    for n, ex in enumerate(examples):
+        try:
+            answer = tokenize_answer(tokenizer, ex.prompt, ex.completion, max_len, end_text)
+            other = tokenize_answer(tokenizer, ex.prompt, examples[partner[n]].completion, max_len, end_text)
+        except TemplateError:
+            raise
+        except Exception as exc:
+            raise DataError(source, f"example {n + 1}", None, f"the chat template refused it: {exc}") from exc
+        if all(x == -100 for x in answer.labels):
+            raise DataError(source, f"example {n + 1}", "completion", f"no answer token left within max_len={max_len}")
+        truncated += answer.truncated
+        out.append((answer, other, ex.desirable))
+    stats = {"examples": len(out), "desirable": sum(d for *_, d in out), "truncated": truncated,
+             "tokens": sum(len(a.input_ids) for a, _, _ in out)}
+    return out, stats

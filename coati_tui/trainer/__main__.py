@@ -18,6 +18,7 @@ RECIPES = {  # stage -> (module, class)
     "ppo": ("coati_tui.trainer.ppo.recipe", "PPO"),
     "dpo": ("coati_tui.trainer.dpo", "DPO"),
     "orpo": ("coati_tui.trainer.orpo", "ORPO"),
+    "kto": ("coati_tui.trainer.kto", "KTO"),
 }
 
 

@@ -81,7 +81,7 @@ class PairRecipe(SupervisedRecipe):
         """none | adapters_off | precomputed."""
         if not self.needs_reference:
             return "none"
-        if self.preset.full_finetune or self.preset.dpo.precompute_ref:
+        if self.preset.full_finetune or self.precompute_wanted:
             return "precomputed"
         return "adapters_off"
 
@@ -94,7 +94,7 @@ class PairRecipe(SupervisedRecipe):
         return max(len(item.chosen.input_ids), len(item.rejected.input_ids))
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
-        """Chosen answers first, then rejected: one padded batch of 2B rows."""
+        """Chosen answers first, then rejected (KTO: answers, then their mismatched ones): 2B rows."""
         import torch
 
         seqs = [i.chosen for i in items] + [i.rejected for i in items]
@@ -239,6 +239,10 @@ class PairRecipe(SupervisedRecipe):
     @property
     def loss_name(self) -> str:
         return str(self.preset.dpo.loss)
+
+    @property
+    def precompute_wanted(self) -> bool:
+        return bool(self.preset.dpo.precompute_ref)
 
 
 class DPO(PairRecipe):
