@@ -134,7 +134,8 @@ def test_migrations_bring_an_old_file_up_to_date_and_keep_its_rows(tmp_path):
     db.commit()
     db.close()
     s = Store(path)
-    assert s.version == prefstore.VERSION == 2
+    assert s.version == prefstore.VERSION == 3
+    assert "round" in {r[1] for r in s.db.execute("PRAGMA table_info(comparisons)")}  # 3: labeling rounds
     indexes = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"comparisons_pair", "pairs_prompt"} <= indexes
     assert s.add_prompt([{"content": ZH[0]["content"], "role": "user"}], "again") == 1  # the old row is kept
@@ -239,3 +240,14 @@ def test_trl_reward_trainer_prepares_the_trl_export(tmp_path, tiny_reward_model)
     assert prepared.num_rows == 2 and {"chosen_ids", "rejected_ids"} <= set(prepared.column_names)
     first = tok.decode(prepared[0]["chosen_ids"])
     assert "请列出三种水果。" in first and "苹果、香蕉、橙子" in first
+
+
+def test_rounds_are_recorded_with_each_judgment(tmp_path):
+    s, _ = filled(tmp_path / "p.sqlite")  # four judgments in round 1
+    assert s.current_round() == 1 and s.rounds() == {1: 4}
+    assert s.next_round("runs/dpo-1/final", "base") == 2
+    p = s.add_pair(s.add_prompt(ZH, "typed"), ans("苹果", "dpo"), ans("石头", "base"), swapped=False)
+    s.judge(p, "A", "ann")
+    s.close()
+    again = Store(tmp_path / "p.sqlite")  # what was committed is what a new session sees
+    assert again.current_round() == 2 and again.rounds() == {1: 4, 2: 1}

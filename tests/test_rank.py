@@ -121,6 +121,39 @@ async def test_labels_left_in_the_store_come_back_and_train_rm_starts_a_run(tiny
         await pilot.press("c")  # cancel: the test only needs the run started
 
 
+async def test_label_then_dpo_then_the_next_round_without_leaving_the_pane(tiny_model, tmp_path):
+    """ctrl+o trains DPO on the labels from model A; once it has finished, ctrl+r makes its output model A
+    of round 2 (the old A becomes B) and the next judgment is recorded as round 2."""
+    store = prefstore.Store(tmp_path / "p.sqlite")
+    for i, (good, bad) in enumerate((("苹果", "石头"), ("apple", "rock"), ("梨", "砖"), ("pear", "brick"))):
+        prompt = store.add_prompt([{"role": "user", "content": f"水果 fruit {i}"}], "typed")
+        store.add_pair(prompt, {"text": good, "model": "m"}, {"text": bad, "model": "m"}, swapped=False)
+    store.close()
+    app = CoatiApp(mode="rank", rank={"store": str(tmp_path / "p.sqlite"), "annotator": "a", "model": str(tiny_model)})
+    async with app.run_test(size=(120, 40)) as pilot:
+        rank = app.screen
+        await pilot.pause(0.1)
+        await pilot.press("a", "a", "a")
+        await pilot.press("ctrl+o")
+        from coati_tui.ui.screens.train import TrainScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen), timeout=60)
+        train = app.screen
+        from coati_tui.core.run_config import RunConfig
+
+        cfg = RunConfig.read(train.run_dir)
+        assert cfg.stage == "dpo" and cfg.model == str(tiny_model) and cfg.data.endswith("prefs-p.jsonl")
+        await wait_for(pilot, lambda: train.status == "completed", timeout=300)
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.screen is rank, timeout=10)
+        await pilot.press("ctrl+r")
+        assert rank.query_one("#rank-model").value == str(train.run_dir / "final")
+        assert rank.query_one("#rank-model-b").value == str(tiny_model)
+        assert rank.store.current_round() == 2 and "round 2" in str(rank.query_one("#rank-status").render())
+        await pilot.press("b")  # the pair left from round 1, judged now: it counts for round 2
+        assert rank.store.rounds() == {1: 3, 2: 1}
+
+
 @pytest.mark.parametrize("bad", ["text", "foreign"])
 async def test_a_bad_store_is_one_clear_error(tmp_path, bad):
     import sqlite3
@@ -146,7 +179,7 @@ async def test_a_bad_store_is_one_clear_error(tmp_path, bad):
 
 def test_the_next_reward_model_starts_from_the_runs_own_base(demo_home, tiny_model):
     from coati_tui.core.run_config import RunConfig
-    from coati_tui.ui.screens.rank import rm_base
+    from coati_tui.host.runs import rm_base
 
     runs = demo_home / "runs"
     assert rm_base(str(runs / "demo-ppo" / "final")) == RunConfig.read(runs / "demo-ppo").model

@@ -8,7 +8,8 @@ Tables (schema version in ``PRAGMA user_version``; ``MIGRATIONS`` brings any old
 - ``pairs``: two responses as shown: ``left_id`` is answer A (left, or top when stacked), ``right_id`` is B;
   ``swapped`` records the coin flip (1: the first-generated answer, or model A's, went right).
 - ``comparisons``: a judgment of a pair: choice A / B / tie / skip, annotator, note, seconds taken;
-  ``undone`` is set (not deleted) when the annotator takes it back.
+  ``undone`` is set (not deleted) when the annotator takes it back; ``round`` is the labeling round
+  (``next_round``: a model trained on these labels against the one before) it was made in.
 
 Durability: WAL journal, ``synchronous=FULL``, and every judgment is its own committed transaction
 before ``judge`` returns, so a crash (even kill -9) after it returns loses nothing. Several processes may
@@ -52,6 +53,10 @@ MIGRATIONS = [
     CREATE INDEX comparisons_pair ON comparisons(pair_id, annotator);
     CREATE INDEX comparisons_annotator ON comparisons(annotator, id);
     CREATE INDEX pairs_prompt ON pairs(prompt_id);
+    """,
+    # 3: labeling rounds (label -> DPO -> label with the new model): each judgment says which round it is of
+    """
+    ALTER TABLE comparisons ADD COLUMN round INTEGER NOT NULL DEFAULT 1;
     """,
 ]
 VERSION = len(MIGRATIONS)
@@ -174,9 +179,29 @@ class Store:
             raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
         with self._write():
             return _rowid(self.db.execute(
-                "INSERT INTO comparisons(pair_id, choice, annotator, note, time_taken_s, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (pair_id, choice, annotator, note, time_taken_s, time.time())))
+                "INSERT INTO comparisons(pair_id, choice, annotator, note, time_taken_s, created, round) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (pair_id, choice, annotator, note, time_taken_s, time.time(), self.current_round())))
+
+    def current_round(self) -> int:
+        """The labeling round new judgments belong to (1 until ``next_round``)."""
+        row = self.db.execute("SELECT value FROM coati_meta WHERE key = 'round'").fetchone()
+        return int(row[0]) if row else 1
+
+    def next_round(self, model_a: str, model_b: str) -> int:
+        """Start the next labeling round, with ``model_a`` (usually the model just trained on this store's
+        labels) against ``model_b`` (the previous model A); recorded, committed, and returned."""
+        with self._write():
+            n = self.current_round() + 1
+            self.db.execute("INSERT OR REPLACE INTO coati_meta(key, value) VALUES ('round', ?)", (str(n),))
+            self.db.execute("INSERT OR REPLACE INTO coati_meta(key, value) VALUES (?, ?)",
+                            (f"round-{n}", json.dumps({"model_a": model_a, "model_b": model_b, "started": time.time()})))
+            return n
+
+    def rounds(self) -> dict[int, int]:
+        """Judgments (not undone) per round."""
+        rows = self.db.execute("SELECT round, COUNT(*) FROM comparisons WHERE undone IS NULL GROUP BY round")
+        return {int(r): int(c) for r, c in rows}
 
     def undo(self, annotator: str) -> int | None:
         """Take back this annotator's last judgment (kept, marked undone); returns its pair id."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from coati_tui.core import paths
 from coati_tui.data import prefstore
 from coati_tui.host.gen_client import GenerationClient, stop
 
@@ -134,3 +135,19 @@ class PairWriter:
             self.seeds[rid] = seed + (which if len(self.workers) == 1 else 0)  # one model: two different samples
             worker.generate(item["messages"], rid=rid, **SAMPLING, seed=self.seeds[rid])
         return True
+
+
+def default_store() -> Path:
+    """Where the Rank pane keeps its labels unless told otherwise."""
+    return paths.home() / "prefs.sqlite"
+
+
+def default_annotator() -> str:
+    """Who is labeling: ``$COATI_TUI_ANNOTATOR``, else the login name."""
+    import getpass
+    import os
+
+    try:
+        return os.environ.get("COATI_TUI_ANNOTATOR") or getpass.getuser()
+    except Exception:  # no user name (some containers)
+        return "me"

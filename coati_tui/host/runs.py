@@ -117,6 +117,22 @@ def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
     return [status(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
+def rm_base(spec: str) -> str:
+    """The model a reward model for ``spec`` starts from: a PPO/RM run's own starting model, else ``spec``."""
+    cfg = config_of(spec)
+    if cfg is None:
+        return spec
+    return cfg.model if cfg.stage in ("ppo", "rm") else spec
+
+
+def newest_output(stages: tuple[str, ...], root: Path | None = None) -> str | None:
+    """The final/ folder of the newest completed run of one of ``stages``, or None."""
+    for run in list_runs(root):
+        if run["stage"] in stages and run["status"] == "completed" and run["final"]:
+            return str(Path(run["run"]) / "final")
+    return None
+
+
 class Tail:
     """Reads the events appended to a run's events.jsonl since the last call (whole lines only)."""
 

@@ -1,7 +1,9 @@
 """Rank: pairwise preference labeling. Two answers to one prompt side by side (stacked when narrow), the
 user picks A, B, tie or skip; every judgment is committed to the preference store (SQLite) before the next
-pair appears, and the labels train the next reward model (ctrl+t) or export (ctrl+e / `coati-tui export
-prefs`).
+pair appears, and the labels train the next reward model (ctrl+t) or a DPO run from model A (ctrl+o), or
+export (ctrl+e / `coati-tui export prefs`). ctrl+r starts the next labeling round: the newest finished
+preference run (DPO / ORPO / KTO) becomes model A and the previous model A becomes B, so label -> DPO ->
+label runs without leaving the pane; each judgment records its round.
 
 Answers come from one model (two samples) or two models (one each), written by generation workers (child
 processes, as in Chat) in the background (coati_tui.host.pairs), so the next pairs are ready before this
@@ -11,8 +13,6 @@ a log beside the store (prefs-worker-A.log).
 
 from __future__ import annotations
 
-import getpass
-import os
 import threading
 import time
 from pathlib import Path
@@ -32,32 +32,12 @@ from coati_tui.data import prefstore
 from coati_tui.data.formats import DataError, load_prompts
 from coati_tui.host.chats import chat_prompts
 from coati_tui.host.gen_client import GenerationClient
-from coati_tui.host.pairs import AHEAD, PairWriter, worker_log
+from coati_tui.host.pairs import AHEAD, PairWriter, default_annotator, default_store, worker_log
+from coati_tui.host.runs import rm_base
 from coati_tui.ui.messages import PrefillStage
 from coati_tui.ui.widgets.path_input import PathSuggester
 
 WIDE = 100  # columns from which the answers sit side by side
-
-
-def default_store() -> Path:
-    return paths.home() / "prefs.sqlite"
-
-
-def default_annotator() -> str:
-    try:
-        return os.environ.get("COATI_TUI_ANNOTATOR") or getpass.getuser()
-    except Exception:  # no user name (some containers)
-        return "me"
-
-
-def rm_base(spec: str) -> str:
-    """The model a reward model for ``spec`` starts from: a PPO/RM run's own starting model, else ``spec``."""
-    from coati_tui.host.runs import config_of
-
-    cfg = config_of(spec)
-    if cfg is None:
-        return spec
-    return cfg.model if cfg.stage in ("ppo", "rm") else spec
 
 
 class PairArea(Container, can_focus=True):
@@ -75,6 +55,8 @@ class RankScreen(Screen):
         Binding("ctrl+l", "start", "Start", id="start"),
         Binding("ctrl+g", "pick_run", "Runs", id="pick_run"),
         Binding("ctrl+t", "train_rm", "Train RM", id="train_rm"),
+        Binding("ctrl+o", "train_dpo", "Train DPO", id="train_dpo"),
+        Binding("ctrl+r", "next_round", "Next round", id="next_round"),
         Binding("ctrl+e", "export", "Export", id="export"),
         Binding("escape", "focus_pair", "Labels", show=False),
     ]
@@ -186,6 +168,8 @@ class RankScreen(Screen):
                              f" · A {s['A']} / B {s['B']} · ties {s['tie']} · skipped {s['skip']}")
         ready = len(self.store.pending(self.annotator, AHEAD + 50)) - (self.current is not None)
         text.append(f" · ready {max(ready, 0)}")
+        if self.store.current_round() > 1:
+            text.append(f" · round {self.store.current_round()}", style="bold")
         if len(s["annotators"]) > 1:
             text.append(" · " + ", ".join(f"{a} {n}" for a, n in s["annotators"].items()))
         if s["agreement"] is not None:
@@ -378,6 +362,38 @@ class RankScreen(Screen):
         self.post_message(PrefillStage(base, data=str(self.store.path), then="rm",
                                        hint=f"Reward model on {len(records)} labeled pairs from "
                                             f"{self.store.path.name}, starting from {base}."))
+
+    def action_train_dpo(self) -> None:
+        """DPO on the labels so far, from model A itself (the policy the labels judged): Home, set up and
+        started; when it finishes, ctrl+r makes it model A of the next round."""
+        if self.store is None:
+            return
+        records, _ = self.store.preferences()
+        model = self.query_one("#rank-model", Input).value.strip()
+        if len(records) < 2 or not model:
+            self.notify("Give model A and label at least two pairs (A or B) first.", severity="warning")
+            return
+        self.post_message(PrefillStage(model, data=str(self.store.path), then="dpo",
+                                       hint=f"DPO on {len(records)} labeled pairs from {self.store.path.name}, "
+                                            f"from {model}; when it is done, ctrl+r in Rank labels its answers."))
+
+    def action_next_round(self) -> None:
+        """The newest finished preference run (DPO / ORPO / KTO) becomes model A, model A becomes B, a new
+        round starts in the store and generation restarts."""
+        from coati_tui.host.runs import newest_output
+
+        if self.store is None:
+            return
+        final = newest_output(("dpo", "orpo", "kto"))
+        field_a, field_b = self.query_one("#rank-model", Input), self.query_one("#rank-model-b", Input)
+        if final is None or final == field_a.value.strip():
+            self.notify("No newer DPO / ORPO / KTO run has finished: train one first (ctrl+o).", severity="warning")
+            return
+        previous = field_a.value.strip()
+        field_a.value, field_b.value = final, previous
+        n = self.store.next_round(final, previous)
+        self.notify(f"Round {n}: A = {final}\nB = {previous or '(none)'}", title="Next round", timeout=10)
+        self.action_start()
 
 
 def _prompt_text(messages: list[dict]) -> Text:
