@@ -266,3 +266,21 @@ def test_kto_rows_with_a_bad_label_stop_before_a_run_folder(tiny_model, tmp_path
     proc, evs = train("kto", "--model", str(tiny_model), "--data", str(path), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and evs == []
     assert f"{path}: line 2, field 'label'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("reference", ["adapters_off", "precomputed"])
+def test_dpo_under_torchrun_two_processes(reference, tiny_model, tmp_path):
+    """--nproc-per-node 2 on CPU (gloo): each process takes half the batches, gradients synced by the
+    strategy's wrapper; the reference through the wrapper with adapters off, or the cached log-probs."""
+    import importlib.util
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(40))
+    extra = ["--precompute-ref"] if reference == "precomputed" else []
+    proc, evs = train("dpo", "--model", str(tiny_model), "--data", data, "--out", str(tmp_path / "ddp"), *SMALL,
+                      "--nproc-per-node", "2", "--max-epochs", "1", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, = of(evs, "start")
+    assert start["strategy"] == ("colossalai_ddp" if importlib.util.find_spec("colossalai") else "naive+ddp")
+    assert start["reference"] == reference and start["total_steps"] == 32 // 4 // 2
+    assert of(evs, "done")[0]["status"] == "completed"
+    assert (tmp_path / "ddp" / "final" / "adapter_model.safetensors").is_file()
