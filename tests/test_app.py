@@ -8,6 +8,7 @@ import textwrap
 
 from arch_configs import ARCHS
 from rich.console import Console
+from textual.binding import Binding
 
 from coati_tui.ui.app import CoatiApp
 from coati_tui.ui.widgets.plan_table import PlanTable
@@ -159,3 +160,66 @@ async def test_modes_switch_and_the_headless_command_copies():
         assert "No pair to judge yet" in text_of(app.screen.query_one("#rank-prompt"))
         await pilot.press("f1")
         assert isinstance(app.screen, HomeScreen) and app.screen.query_one("#plan", PlanTable).row_count == 5
+
+
+async def test_screens_ask_the_app_through_messages(tmp_path):
+    """Runs posts PrefillStage: the App closes Runs and fills Home; the copied command is built from
+    the choices (two lines with a reward model), not from the text on screen."""
+    from coati_tui.ui.messages import PrefillStage
+    from coati_tui.ui.screens.home import HomeScreen
+    from coati_tui.ui.screens.runs import RunsScreen
+
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(ARCHS["qwen2.5-7b"][0]))
+    app = CoatiApp()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("u")
+        assert isinstance(app.screen, RunsScreen)
+        app.screen.post_message(PrefillStage(str(model), data="/d/对话 1.jsonl", reward="/runs/rm", hint="next"))
+        await _settle(app, pilot)
+        home = app.screen
+        assert isinstance(home, HomeScreen) and home.model == str(model)
+        assert home.query_one("#reward-input").value == "/runs/rm" and app.focused is home.query_one("#data-input")
+        home.query_one("#plan").focus()
+        await pilot.press("y")
+        sft, ppo = app.clipboard.splitlines()
+        assert sft.startswith(f"coati-tui train sft --model {model} --data '/d/对话 1.jsonl' --preset ")
+        assert ppo.startswith(f"coati-tui train ppo --model {model} --reward /runs/rm --prompts '/d/对话 1.jsonl'")
+        assert sft in text_of(home.query_one("#detail"))
+
+
+async def test_the_footer_is_rebuilt_only_when_its_keys_change():
+    from textual.app import App
+    from textual.widgets import Static
+
+    from coati_tui.ui.widgets.footer import KeyFooter
+
+    class Spot(Static, can_focus=True):
+        BINDINGS = [Binding("x", "noop", "hidden", show=False)]
+
+    class Box(Static, can_focus=True):
+        BINDINGS = [("b", "noop", "Box key")]
+
+    class Tiny(App):
+        BINDINGS = [("q", "quit", "Quit")]
+
+        def compose(self):
+            yield Static("a", id="a")
+            yield Spot("c", id="c")
+            yield Box("b", id="b")
+            yield KeyFooter()
+
+    app = Tiny()
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        footer = app.query_one(KeyFooter)
+        first = list(footer.children)
+        assert "Quit" in [k.description for k in first] and "Box key" not in [k.description for k in first]
+        app.query_one("#c").focus()  # a hidden key more: the same key widgets stay
+        await pilot.pause()
+        assert list(footer.children) == first
+        app.query_one("#b").focus()  # a shown key more: rebuilt
+        await pilot.pause()
+        assert "Box key" in [k.description for k in footer.children]

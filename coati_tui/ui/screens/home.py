@@ -1,8 +1,11 @@
-"""The first screen: the machine, the model, and the plan (which preset fits, and why)."""
+"""The first screen: the machine, the model, and the plan (which preset fits, and why).
+
+It draws the machine first: the plan (planner, presets) and the look for a run still training start
+after that frame. Other screens are the App's to open: Home posts messages (ui/messages.py).
+"""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from rich.text import Text
@@ -11,17 +14,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
-from coati_tui.core.units import fmt_bytes, fmt_count
+from coati_tui.core.units import fmt_count
+from coati_tui.ui.messages import OpenRun, ShowRuns
+from coati_tui.ui.widgets.footer import KeyFooter
 from coati_tui.ui.widgets.machine import MachinePanel
 from coati_tui.ui.widgets.path_input import PathSuggester
+from coati_tui.ui.widgets.plan_detail import DEMO, DEMO_NOTE, command_text, detail_text, headless_commands
 from coati_tui.ui.widgets.plan_table import PlanTable
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 KIND_NAMES = {"sft": "SFT conversations", "preferences": "preference pairs", "prompts": "PPO prompts"}
-
-DEMO = "demo"
 
 
 class HomeScreen(Screen):
@@ -46,6 +50,7 @@ class HomeScreen(Screen):
         self.show_breakdown = False
         self.overrides: dict = {}  # hyperparameters edited in Settings (e), applied to the run and the plan
         self.then = ""  # a stage to start as soon as the plan is ready (prefill)
+        self.looked_for_live = False  # a run still training from an earlier session is looked for once
 
     def compose(self) -> ComposeResult:
         self.model = self.model or getattr(self.app, "model", None) or DEMO
@@ -58,20 +63,20 @@ class HomeScreen(Screen):
                             suggester=PathSuggester(dirs_only=True))
                 yield Static(id="model-info")
                 yield Input(id="data-input", compact=True, suggester=PathSuggester(DATA_SUFFIXES),
-                            placeholder="data for the stage: SFT chats, preference pairs or PPO prompts (.jsonl .json .csv .parquet)")
+                            placeholder="data for the stage: SFT chats, preference pairs or PPO prompts "
+                                        "(.jsonl .json .csv .parquet)")
                 yield Static(id="data-info", classes="empty")
                 yield Input(id="reward-input", compact=True, suggester=PathSuggester(dirs_only=True),
                             placeholder="PPO only: the reward model (an RM run folder)")
             yield PlanTable(id="plan")
             yield Static(id="detail")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#model-box").border_title = "Model"
         self.query_one("#plan").border_title = "Plan"
         self.query_one("#plan").focus(scroll_visible=False)  # the screen opens at its top: the machine first
         self.action_refresh_profile()
-        self._find_live_run()
 
     @work(thread=True, exclusive=True, group="live")
     def _find_live_run(self) -> None:
@@ -85,11 +90,9 @@ class HomeScreen(Screen):
 
     def _reattach(self, run_dir: Path) -> None:
         from coati_tui.host import runs
-        from coati_tui.ui.screens.train import TrainScreen
 
         demo = run_dir in runs.demo_runs()
-        gpu, ram = self._totals()
-        self.app.push_screen(TrainScreen(None if demo else run_dir, gpu_total=gpu, ram_total=ram, demo=demo))
+        self._open(None if demo else run_dir, demo=demo)
         self.notify(f"{run_dir.name} kept training while the app was closed: re-attached. esc goes back.")
 
     # ---- actions -------------------------------------------------------------------------------
@@ -106,10 +109,9 @@ class HomeScreen(Screen):
     def action_settings(self) -> None:
         from coati_tui.ui.screens.settings import SettingsScreen
 
-        table = self.query_one("#plan", PlanTable)
-        if not table.plan or table.row_count == 0:
+        name = self._highlighted()
+        if not name:
             return
-        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
 
         def applied(result) -> None:
             if result is not None:
@@ -117,13 +119,13 @@ class HomeScreen(Screen):
                 self.notify("Settings: " + (", ".join(f"{k}={v}" for k, v in result.items()) or "preset defaults"))
                 self._plan()
 
-        self.app.push_screen(SettingsScreen(table.presets[name], self.overrides), applied)
+        self.app.push_screen(SettingsScreen(self.query_one("#plan", PlanTable).presets[name], self.overrides), applied)
 
     def action_copy_command(self) -> None:
         """The headless command of the highlighted preset, to the clipboard (OSC 52 terminals)."""
-        text = self.query_one("#detail", Static).render()
-        plain = str(text).split("Headless: ", 1)[-1].split("  (g runs", 1)[0].strip()
-        if plain:
+        name = self._highlighted()
+        if name:
+            plain = command_text(self._commands(name))
             self.app.copy_to_clipboard(plain)
             self.notify(plain, title="Copied")
 
@@ -131,19 +133,17 @@ class HomeScreen(Screen):
         self.query_one("#data-input", Input).focus()
 
     def action_runs(self) -> None:
-        from coati_tui.ui.screens.runs import RunsScreen
-
-        self.app.push_screen(RunsScreen())
+        self.post_message(ShowRuns())
 
     def action_train(self, stage: str) -> None:
-        table = self.query_one("#plan", PlanTable)
+        preset = self._highlighted()
         data = self.query_one("#data-input", Input).value.strip()
         reward = self.query_one("#reward-input", Input).value.strip()
         if self.model == DEMO:
             self.notify("No model chosen: press g to run the demo (SFT -> RM -> PPO on a tiny model), "
                         "or choose a model folder (m).", severity="warning")
             return
-        if not data or not table.plan or table.row_count == 0:
+        if not data or not preset:
             self.notify("Choose the data file first (d).", severity="warning")
             self.action_focus_data()
             return
@@ -151,7 +151,6 @@ class HomeScreen(Screen):
             self.notify("PPO needs a reward model: an RM run folder.", severity="warning")
             self.query_one("#reward-input", Input).focus()
             return
-        preset = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         self._start(stage, self.model, data, preset, reward if stage == "ppo" else "")
 
     def action_demo(self) -> None:
@@ -160,15 +159,12 @@ class HomeScreen(Screen):
         import shutil
 
         from coati_tui.host import runs
-        from coati_tui.ui.screens.train import TrainScreen
 
         live = [p for p in runs.demo_runs() if runs.alive(p)]
         if not live:
             for p in runs.demo_runs():
                 shutil.rmtree(p, ignore_errors=True)
-        gpu, ram = self._totals()
-        self.app.push_screen(TrainScreen(live[0] if live else None, start=not live, gpu_total=gpu, ram_total=ram,
-                                         demo=True))
+        self._open(live[0] if live else None, start=not live, demo=True)
 
     def prefill(self, model: str, reward: str = "", hint: str = "", data: str = "", then: str = "") -> None:
         """Set up the next stage from an earlier run's output (the Runs screen's "next stage"); ``then``
@@ -205,16 +201,14 @@ class HomeScreen(Screen):
         strategy = presets.load(preset).strategy
         return {k: v for k, v in self.overrides.items() if not (k == "lora.rank" and strategy != "naive")}
 
-    def _totals(self) -> tuple[int, int]:
+    def _open(self, run_dir: Path | None, start: bool = False, demo: bool = False) -> None:
+        """A Train screen for the run (the App opens it), its memory bars against this machine."""
         gpu = self.profile.gpus[0].total_bytes if self.profile and self.profile.gpus else 0
         ram = self.profile.cpu.ram_total_bytes if self.profile else 0
-        return gpu, ram
+        self.post_message(OpenRun(run_dir, start=start, demo=demo, gpu_total=gpu, ram_total=ram))
 
-    def _open_run(self, run_dir) -> None:
-        from coati_tui.ui.screens.train import TrainScreen
-
-        gpu, ram = self._totals()
-        self.app.push_screen(TrainScreen(run_dir, start=True, gpu_total=gpu, ram_total=ram))
+    def _open_run(self, run_dir: Path) -> None:
+        self._open(run_dir, start=True)
 
     @on(Input.Submitted, "#data-input")
     def _data_chosen(self, _event) -> None:
@@ -278,7 +272,15 @@ class HomeScreen(Screen):
     def _profiled(self, prof) -> None:
         self.profile = prof
         self.query_one(MachinePanel).show(prof)
+
+    @on(MachinePanel.Drawn)
+    def _machine_drawn(self) -> None:
+        """After the frame with the machine: the plan (the planner and presets load then) and, once, the
+        look for a run that kept training. (Textual's call_after_refresh can run before the first frame.)"""
         self._plan()
+        if not self.looked_for_live:
+            self.looked_for_live = True
+            self._find_live_run()
 
     @work(thread=True, exclusive=True, group="plan")
     def _plan(self) -> None:
@@ -313,39 +315,28 @@ class HomeScreen(Screen):
             stage, self.then = self.then, ""
             self.action_train(stage)
 
-    def _show_detail(self) -> None:
+    def _highlighted(self) -> str | None:
+        """The preset under the plan's cursor, None before there is a plan."""
         table = self.query_one("#plan", PlanTable)
         if not table.plan or table.row_count == 0:
-            return
-        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        text = Text()
-        text.append(f"{name}", style="bold")
-        text.append(f"  {table.presets[name].description}\n")
-        for r in table.rows_for(name):
-            text.append(f"{r.stage.upper():4s} ", style="bold")
-            text.append(f"{r.status.replace('_', ' ')}: ", style=("green" if r.fits else "red"))
-            text.append(r.reason + (f"  Fix: {r.fix}" if r.fix else "") + "\n")
-            if self.show_breakdown:
-                for side, parts in (("GPU", r.gpu), ("RAM", r.cpu)):
-                    items = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in parts.items() if v)
-                    if items:
-                        text.append(f"     {side}: {items}\n", style="dim")
-        text.append("Headless: ", style="bold")
-        if self.model == DEMO:
-            text.append("coati-tui demo", style="cyan")
-            text.append("  (g runs it here: SFT -> RM -> PPO on the tiny model, about 2 minutes on a CPU)")
-        else:
-            model = shlex.quote(self.model)
-            data = shlex.quote(self.query_one("#data-input", Input).value.strip() or "DATA")
-            reward = self.query_one("#reward-input", Input).value.strip()
-            from coati_tui.ui.screens.settings import flags
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
 
-            extra = "".join(" " + shlex.quote(f) for f in flags(self._valid_overrides(name)))
-            text.append(f"coati-tui train sft --model {model} --data {data} --preset {name}{extra}", style="cyan")
-            if reward:
-                text.append(f"\n          coati-tui train ppo --model {model} --reward {shlex.quote(reward)} "
-                            f"--prompts {data} --preset {name}{extra}", style="cyan")
-        self.query_one("#detail", Static).update(text)
+    def _commands(self, preset: str) -> list[list[str]]:
+        """The headless commands for the choices made here: model, data, reward, preset, settings."""
+        from coati_tui.core.flags import to_flags
+
+        return headless_commands(self.model, self.query_one("#data-input", Input).value.strip(),
+                                 self.query_one("#reward-input", Input).value.strip(), preset,
+                                 to_flags(self._valid_overrides(preset)) if self.model != DEMO else [])
+
+    def _show_detail(self) -> None:
+        name = self._highlighted()
+        if name:
+            table = self.query_one("#plan", PlanTable)
+            self.query_one("#detail", Static).update(detail_text(
+                name, table.presets[name].description, table.rows_for(name), self._commands(name),
+                self.show_breakdown, DEMO_NOTE if self.model == DEMO else ""))
 
 
 def _preview(kind: str, count: int, first: list) -> Text:

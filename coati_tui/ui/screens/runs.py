@@ -1,16 +1,20 @@
 """Runs: every run folder, newest first; Enter opens one (live runs re-attach, past ones redraw);
-n pre-fills the next stage from the highlighted run's output (SFT -> RM -> PPO)."""
+n pre-fills the next stage from the highlighted run's output (SFT -> RM -> PPO). It asks the App for
+the other screens with messages (ui/messages.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Header
 
 from coati_tui.host import runs
+from coati_tui.ui.messages import ChatWith, OpenRun, PrefillStage
+from coati_tui.ui.widgets.footer import KeyFooter
 
 STYLE = {"completed": "green", "running": "cyan", "cancelled": "yellow", "failed": "red", "stopped": "yellow"}
 
@@ -23,7 +27,7 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -40,15 +44,9 @@ class RunsScreen(Screen):
                           str(r["step"]), loss, "yes" if r["final"] else "-", key=r["run"])
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        from coati_tui.ui.screens.train import TrainScreen
+        self.post_message(OpenRun(Path(event.row_key.value)))
 
-        self.app.push_screen(TrainScreen(Path(event.row_key.value)))
-
-    async def action_next_stage(self) -> None:
-        import json
-
-        from coati_tui.ui.screens.home import HomeScreen
-
+    def action_next_stage(self) -> None:
         table = self.query_one(DataTable)
         if table.row_count == 0:
             self.notify("No runs yet.", severity="warning")
@@ -58,21 +56,19 @@ class RunsScreen(Screen):
         if not info["final"]:
             self.notify(f"{run.name} has no final model yet (status: {info['status']}).", severity="warning")
             return
-        final = run / "final"
-        if info["stage"] == "ppo":  # the loop's next step: talk to it (Chat), then compare its answers (Rank)
-            await self.app.switch_mode("chat")
-            chat = self.app.screen
-            chat.query_one("#chat-model").value = str(final)
-            chat.action_load()
-            self.notify(f"Chat with {run.name}; F3 Rank compares its answers and labels them for the next "
-                        "reward model.", timeout=10)
-            return
-        while not isinstance(self.app.screen, HomeScreen):
-            self.app.pop_screen()
-        home = self.app.screen
-        if info["stage"] == "sft":
-            home.prefill(str(run), hint="Reward model next: choose preference pairs (d), pick a preset, press w.")
-        else:
-            base = json.loads((final / "coati.json").read_text()).get("base", "") if (final / "coati.json").is_file() else ""
-            home.prefill(base, str(run), hint="PPO next: the SFT model and this reward model are set; choose "
-                                              "prompts (d), pick a preset, press p.")
+        self.post_message(next_stage(run, info["stage"]))
+
+
+def next_stage(run: Path, stage: str | None) -> ChatWith | PrefillStage:
+    """What follows a finished run in the loop: after SFT a reward model on it, after RM PPO with its
+    SFT model and this reward model, after PPO talking to it (Chat), then comparing its answers (Rank)."""
+    final = run / "final"
+    if stage == "ppo":
+        return ChatWith(str(final), hint=f"Chat with {run.name}; F3 Rank compares its answers and labels them "
+                                         "for the next reward model.")
+    if stage == "sft":
+        return PrefillStage(str(run), hint="Reward model next: choose preference pairs (d), pick a preset, press w.")
+    meta = final / "coati.json"
+    base = json.loads(meta.read_text()).get("base", "") if meta.is_file() else ""
+    return PrefillStage(base, reward=str(run), hint="PPO next: the SFT model and this reward model are set; choose "
+                                                    "prompts (d), pick a preset, press p.")

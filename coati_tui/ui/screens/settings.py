@@ -1,5 +1,5 @@
 """Hyperparameters of the chosen preset, editable, each with its help text; the values become the run's
-overrides (and the headless command's flags). Validation is the presets module's own."""
+overrides (and the headless command's flags, core.flags). Validation is the presets module's own."""
 
 from __future__ import annotations
 
@@ -17,26 +17,10 @@ EDITABLE = ("train.batch_size", "train.accumulation_steps", "train.max_len", "tr
             "train.grad_checkpointing", "lora.rank", "ppo.rollout_batch", "ppo.max_new_tokens", "ppo.kl_coef",
             "ppo.ptx_coef", "ppo.temperature")
 
-# the `coati-tui train` flag for each setting
-FLAGS = {"train.batch_size": "--batch-size", "train.accumulation_steps": "--accumulation-steps",
-         "train.max_len": "--max-len", "train.lr": "--lr", "train.max_epochs": "--max-epochs",
-         "lora.rank": "--lora-rank", "ppo.rollout_batch": "--rollout-batch", "ppo.max_new_tokens": "--max-new-tokens",
-         "ppo.kl_coef": "--kl-coef", "ppo.ptx_coef": "--ptx-coef", "ppo.temperature": "--temperature"}
-
 
 def current(preset: Preset, key: str):
     section, name = key.split(".")
     return getattr(getattr(preset, section), name)
-
-
-def flags(overrides: dict) -> list[str]:
-    out = []
-    for key, value in overrides.items():
-        if key == "train.grad_checkpointing":
-            out.append("--grad-checkpointing" if value else "--no-grad-checkpointing")
-        elif key in FLAGS:
-            out += [FLAGS[key], str(value)]
-    return out
 
 
 def parse(text: str, like):
@@ -50,7 +34,8 @@ def parse(text: str, like):
     try:
         return int(text) if isinstance(like, int) else float(text)
     except ValueError:
-        raise ValueError(f"expected {'a whole number' if isinstance(like, int) else 'a number'}, got {text!r}") from None
+        kind = "a whole number" if isinstance(like, int) else "a number"
+        raise ValueError(f"expected {kind}, got {text!r}") from None
 
 
 class SettingsScreen(ModalScreen):

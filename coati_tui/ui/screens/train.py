@@ -20,10 +20,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
+from textual.widgets import Header, ProgressBar, RichLog, Static
 
-from coati_tui.host import runs
+from coati_tui.core import events
 from coati_tui.core.units import fmt_bytes
+from coati_tui.host import runs
+from coati_tui.ui.widgets.footer import KeyFooter
 from coati_tui.ui.widgets.loss_plot import LossPlot
 from coati_tui.ui.widgets.memory import MemoryPanel
 
@@ -75,7 +77,7 @@ class TrainScreen(Screen):
                     yield Static(id="speed")
             yield Static(id="problem")
             yield RichLog(id="log", max_lines=200, wrap=True)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#run-title", Static).update(str(self.run_dir))
@@ -153,7 +155,7 @@ class TrainScreen(Screen):
                 self.total = ev["total_steps"]
                 if ev["stage"] != self.stage:
                     self.stage = ev["stage"]
-                    plot.reset("reward (mean per rollout)" if self.stage == "ppo" else "loss")
+                    plot.reset(events.step_view(self.stage).label)
                 self.query_one(ProgressBar).update(total=self.total, progress=ev.get("resumed_from", 0))
                 self.query_one("#run-title", Static).update(Text.assemble(
                     (f"{ev['stage'].upper()} ", "bold"), f"{ev['strategy']} · {ev['device']} · {ev['precision']} · ",
@@ -162,25 +164,17 @@ class TrainScreen(Screen):
                     keep = [i for i, s in enumerate(plot.steps) if s <= ev["resumed_from"]]
                     plot.steps, plot.values = plot.steps[: len(keep)], plot.values[: len(keep)]
             elif kind == "step":
-                plot.add(ev["step"], ev["reward_mean"] if "reward_mean" in ev else ev["loss"])
+                plot.add(ev["step"], ev[events.step_view(self.stage, ev).metric])
                 self.query_one(MemoryPanel).record(ev)
                 last_step = ev
-            elif kind == "sample":
-                log.write(Text.assemble((f"sample @{ev['step']} ", "bold"), f"{ev['prompt']} → ", (ev["response"], "cyan"),
-                                        f"  (reward {ev.get('reward', float('nan')):+.3f})"))
-            elif kind == "eval":
-                log.write(f"eval @ {ev['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items()))
-            elif kind == "checkpoint":
-                log.write(f"checkpoint {ev['path']}")
-            elif kind == "log":
-                log.write(ev["message"])
+            elif kind in ("sample", "eval", "checkpoint", "log"):
+                log.write(_log_text(ev))
             elif kind == "done" and self._next_stage(ev):
                 return self.drain()  # the demo goes on with its next run
             elif kind == "done":
                 self.status = ev["status"]
-                msg = f"{ev['status']} at step {ev['step']}" + (
-                    f": {ev['final']}" if ev.get("final") else " — press r to resume")
-                log.write(Text(msg, style="green" if ev["status"] == "completed" else "yellow"))
+                text = Text(events.describe(ev), style="green" if ev["status"] == "completed" else "yellow")
+                log.write(text if ev.get("final") else text + " — press r to resume")
             elif kind == "error":
                 self.status = "failed"
                 self._problem(ev["kind"], ev["message"], ev["log_tail"])
@@ -246,6 +240,16 @@ class TrainScreen(Screen):
         self.chain = [new]
         self.query_one(LossPlot).reset("loss")
         self._launch()
+
+
+def _log_text(ev: dict) -> Text:
+    """An event's line in the log: the CLI's words (events.describe), a sample's parts set off."""
+    text = Text(events.describe(ev))
+    if ev["type"] == "sample":
+        text.stylize("bold", 0, len(f"sample @{ev['step']} "))
+        start = len(f"sample @{ev['step']} {ev['prompt']} → ")
+        text.stylize("cyan", start, start + len(ev["response"]))
+    return text
 
 
 def _speed(ev: dict) -> Text:

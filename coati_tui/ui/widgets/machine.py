@@ -1,9 +1,12 @@
-"""The machine panel: GPUs and RAM as bars, cores, disk, and which stacks are installed."""
+"""The machine panel: GPUs and RAM as bars, cores, disk, and which stacks are installed. It posts
+``MachinePanel.Drawn`` once a profile it was given has been drawn (Home plans after that frame)."""
 
 from __future__ import annotations
 
 from rich.table import Table
 from rich.text import Text
+from textual.app import RenderResult
+from textual.message import Message
 from textual.widgets import Static
 
 from coati_tui.core.hardware import Profile
@@ -26,9 +29,19 @@ class MachinePanel(Static):
     MachinePanel { height: auto; padding: 0 1; border: round $primary; }
     """
 
+    class Drawn(Message):
+        """The profile given to ``show`` is on screen."""
+
     def __init__(self, **kwargs) -> None:
         super().__init__("Profiling…", **kwargs)
         self.border_title = "Machine"
+        self._drawn_pending = False
+
+    def render(self) -> RenderResult:
+        if self._drawn_pending:  # rendering for the frame that shows it: say so once that frame is out
+            self._drawn_pending = False
+            self.post_message(self.Drawn())
+        return super().render()
 
     def show(self, prof: Profile) -> None:
         t = Table.grid(padding=(0, 1))
@@ -55,3 +68,4 @@ class MachinePanel(Static):
             stacks.append("  ")
         t.add_row("Stacks", stacks)
         self.update(t)
+        self._drawn_pending = True

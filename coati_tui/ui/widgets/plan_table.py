@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from coati_tui.host.render import STATUS_STYLE, SYMBOL, short_bytes, method
+from coati_tui.host.render import STATUS_STYLE, SYMBOL, method, short_bytes
 
 
 class PlanTable(DataTable):
@@ -27,7 +27,9 @@ class PlanTable(DataTable):
             cells = []
             for st in stages:
                 r = next(x for x in plan.rows if x.preset == name and x.stage == st)
-                size = f"{short_bytes(r.gpu_bytes)}/{short_bytes(r.cpu_bytes)}" if r.device == "cuda" else short_bytes(r.cpu_bytes)
+                size = short_bytes(r.cpu_bytes)
+                if r.device == "cuda":
+                    size = f"{short_bytes(r.gpu_bytes)}/{size}"
                 cells.append(Text(f"{size} {SYMBOL[r.status]}", style=STATUS_STYLE[r.status]))
             label = Text(name + (" ★" if name == plan.recommended else ""),
                          style="bold" if name == plan.recommended else "")
