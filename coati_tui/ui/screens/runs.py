@@ -60,14 +60,16 @@ class RunsScreen(Screen):
 
 
 def next_stage(run: Path, stage: str | None) -> ChatWith | PrefillStage:
-    """What follows a finished run in the loop: after SFT a reward model on it, after RM PPO with its
-    SFT model and this reward model, after PPO talking to it (Chat), then comparing its answers (Rank)."""
+    """What follows a finished run in the loop: after SFT a reward model or DPO on it, after RM PPO with
+    its SFT model and this reward model, after PPO or a preference method talking to it (Chat), then
+    comparing its answers (Rank)."""
     final = run / "final"
-    if stage == "ppo":
+    if stage in ("ppo", "dpo", "orpo", "kto"):
         return ChatWith(str(final), hint=f"Chat with {run.name}; F3 Rank compares its answers and labels them "
-                                         "for the next reward model.")
+                                         "for the next round (ctrl+r there makes a finished DPO run model A).")
     if stage == "sft":
-        return PrefillStage(str(run), hint="Reward model next: choose preference pairs (d), pick a preset, press w.")
+        return PrefillStage(str(run), hint="Reward model (w) or DPO (o) next: choose preference pairs (d), pick a "
+                                           "preset, press w or o.")
     meta = final / "coati.json"
     base = json.loads(meta.read_text()).get("base", "") if meta.is_file() else ""
     return PrefillStage(base, reward=str(run), hint="PPO next: the SFT model and this reward model are set; choose "

@@ -252,10 +252,33 @@ def _log_text(ev: dict) -> Text:
     return text
 
 
+def _preference_health(text: Text, ev: dict) -> Text:
+    """DPO / IPO / SimPO / ORPO / KTO: are chosen answers pulling ahead, and at what cost in drift?"""
+    text.append("loss ", style="bold")
+    text.append(f"{ev['loss']:.4f} · lr {ev['lr']:.2e}" + (f" · NLL {ev['nll']:.3f}" if "nll" in ev else "") + "\n")
+    if "reward_desirable" in ev:  # KTO: unpaired
+        text.append("reward ", style="bold")
+        text.append(f"good {ev['reward_desirable']:+.3f} · bad {ev['reward_undesirable']:+.3f}\n")
+    else:
+        falling = ev.get("logp_chosen", 0) < ev.get("logp_rejected", 0)  # chosen less likely than rejected
+        text.append("reward ", style="bold")
+        text.append(f"chosen {ev['chosen_reward']:+.3f} · rejected {ev['rejected_reward']:+.3f} · margin "
+                    f"{ev['margin']:+.3f} · accuracy {ev['accuracy']:.0%}\n")
+        text.append("log-prob/token ", style="bold")
+        text.append(f"chosen {ev.get('logp_chosen', 0):.3f} · rejected {ev.get('logp_rejected', 0):.3f}\n",
+                    style="yellow" if falling else "")
+    if "kl" in ev:
+        text.append("drift ", style="bold")
+        text.append(f"{ev['kl']:+.3f} nats/token from the reference", style="yellow" if abs(ev["kl"]) > 1 else "")
+    return text
+
+
 def _speed(ev: dict) -> Text:
     """Throughput and progress; for PPO, its health: reward, KL, ratio, clipping, the losses."""
     text = Text(f"{ev['tokens_per_s']:,.0f} tok/s · {ev['samples_per_s']:.1f} samples/s\n"
                 f"step {ev['step']}/{ev['total_steps']} · ETA {ev['eta_s']:.0f} s · RSS {fmt_bytes(ev['cpu_rss'])}\n")
+    if "chosen_reward" in ev or "reward_desirable" in ev:
+        return _preference_health(text, ev)
     if "reward_mean" not in ev:
         text.append(f"loss {ev['loss']:.4f} · lr {ev['lr']:.2e}")
         return text
