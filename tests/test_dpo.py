@@ -50,9 +50,10 @@ def test_each_loss_equals_its_formula():
     # IPO: per-token log-ratios 0.5/2 - (-1)/4 = 0.5; target 1 / (2 beta) = 5
     loss, _, _ = P.ipo(c, r, ref_c, ref_r, n_c, n_r, 0.1)
     assert float(loss) == pytest.approx((0.5 - 5) ** 2)
-    # SimPO: averages -0.5 and -1; margin 0.5 - gamma 0.5 = 0 -> log 2, whatever beta
-    loss, rc, rr = P.simpo(c, r, n_c, n_r, 2.0, 0.5)
+    # SimPO: averages -0.5 and -1; beta 2 x 0.5 - gamma 1.0 = 0 -> log 2; with gamma 0.5: -log sigmoid(0.5)
+    loss, rc, rr = P.simpo(c, r, n_c, n_r, 2.0, 1.0)
     assert float(loss) == pytest.approx(math.log(2))
+    assert float(P.simpo(c, r, n_c, n_r, 2.0, 0.5)[0]) == pytest.approx(-_logsig(0.5))
     assert (float(rc), float(rr)) == pytest.approx((-1.0, -2.0))
     # ORPO: log odds(p) = log p - log(1 - p) of the per-token averages
     loss, _, _, log_odds = P.orpo(c, r, n_c, n_r, 0.1)
@@ -66,6 +67,33 @@ def test_each_loss_equals_its_formula():
     assert reward.tolist() == pytest.approx([0.05, -0.1])
     loss, _ = P.kto(_t(-1.0), _t(-1.5), torch.tensor([True]), _t(-3.0), 0.1, 1.0, 1.0)  # a negative KL counts as 0
     assert float(loss) == pytest.approx(1 - sig(0.05))
+
+
+def test_simpo_and_orpo_equal_trls_losses_on_the_same_log_probs():
+    """TRL's CPO trainer (loss_type simpo) and ORPO trainer take length-averaged log-probs; ours take sums
+    and lengths. Their loss methods, called on the same numbers, against ours (ORPO: TRL subtracts
+    beta * log sigmoid(log odds), ours adds its negative)."""
+    pytest.importorskip("trl")
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    from coati_tui.trainer import prefs_math as P
+
+    g = torch.Generator().manual_seed(0)
+    n_c, n_r = torch.randint(1, 20, (8,), generator=g).double(), torch.randint(1, 20, (8,), generator=g).double()
+    c, r = -torch.rand(8, generator=g).double() * n_c, -torch.rand(8, generator=g).double() * n_r * 2
+    trl_self = SimpleNamespace(loss_type="simpo", beta=2.0, simpo_gamma=0.7, label_smoothing=0.1, alpha=0.0,
+                               accelerator=SimpleNamespace(device="cpu"))
+    theirs, t_c, t_r = CPOTrainer.cpo_loss(trl_self, c / n_c, r / n_r)
+    ours, o_c, o_r = P.simpo(c, r, n_c, n_r, 2.0, 0.7, 0.1)
+    assert torch.allclose(ours, theirs, atol=1e-5) and torch.allclose(o_c, t_c) and torch.allclose(o_r, t_r)
+    trl_self = SimpleNamespace(beta=0.3, accelerator=SimpleNamespace(device="cpu"))
+    theirs, t_c, t_r, _, t_odds = ORPOTrainer.odds_ratio_loss(trl_self, c / n_c, r / n_r)
+    ours, o_c, o_r, o_odds = P.orpo(c, r, n_c, n_r, 0.3)
+    assert torch.allclose(ours, -theirs.double(), atol=1e-5) and torch.allclose(o_odds.mean(), t_odds.double())
+    assert torch.allclose(o_c, t_c.double()) and torch.allclose(o_r, t_r.double())
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo"])

@@ -59,7 +59,7 @@ FLAGS: tuple[Flag, ...] = (
          help="DPO/IPO: distance from the reference; SimPO: reward scale; ORPO: odds-ratio weight"),
     Flag("dpo.label_smoothing", ("--label-smoothing", "--label_smoothing"), "label_smoothing", min=0, max=0.5,
          panel=PREF),
-    Flag("dpo.simpo_gamma", ("--simpo-gamma", "--gamma_beta_ratio"), "simpo_gamma", min=0, panel=PREF),
+    Flag("dpo.simpo_gamma", ("--simpo-gamma", "--simpo_gamma"), "simpo_gamma", min=0, panel=PREF),
     Flag("dpo.precompute_ref", ("--precompute-ref",), "precompute_ref", off="--live-ref", panel=PREF,
          stages=(("kto", "kto.precompute_ref"),)),
     Flag("kto.desirable_weight", ("--desirable-weight", "--desirable_weight"), "desirable_weight", min=0, panel=PREF),

@@ -112,7 +112,7 @@ class DPO:
                      minimum=0)
     label_smoothing: float = _f(0.0, "share of pairs assumed mislabelled (conservative DPO); 0 = trust every label",
                                 minimum=0)
-    simpo_gamma: float = _f(0.5, "SimPO's target reward margin (in units of beta)", minimum=0)
+    simpo_gamma: float = _f(0.5, "SimPO's target reward margin gamma between chosen and rejected", minimum=0)
     precompute_ref: bool = _f(False, "compute the reference's log-probs once before training and cache them in the "
                               "run folder: each step then runs one model (full fine-tunes always do)")
 

@@ -7,9 +7,8 @@
 - DPO (Rafailov et al. 2023): -log sigmoid(beta * ((c - ref_c) - (r - ref_r))); with label smoothing
   e, the conservative form -(1-e) log sigmoid(beta d) - e log sigmoid(-beta d). Rewards beta (logp - ref).
 - IPO (Azar et al. 2023): (d - 1 / (2 beta))^2 on per-token (length-averaged) log-ratios, as TRL does.
-- SimPO (Meng et al. 2024): no reference; -log sigmoid(beta (c/n_c - r/n_r) - gamma beta)... written as
-  beta * ((c/n_c - r/n_r) - gamma): gamma is in units of beta, as in TRL's CPO trainer. Rewards
-  beta * logp / n.
+- SimPO (Meng et al. 2024): no reference; -log sigmoid(beta (c/n_c - r/n_r) - gamma), gamma the target
+  reward margin (as in the paper and TRL's CPO trainer). Rewards beta * logp / n.
 - ORPO (Hong et al. 2024): no reference; -log sigmoid(log odds(c) - log odds(r)) with odds(p) = p/(1-p)
   of the length-averaged log-prob, weighted by beta and added to the SFT loss on the chosen answer
   (the recipe adds that). Rewards beta * logp / n.
@@ -44,8 +43,8 @@ def simpo(c: Tensor, r: Tensor, n_c: Tensor, n_r: Tensor, beta: float, gamma: fl
     import torch.nn.functional as F
 
     avg_c, avg_r = c / n_c.clamp(min=1), r / n_r.clamp(min=1)
-    d = (avg_c - avg_r) - gamma
-    loss = -(1 - label_smoothing) * F.logsigmoid(beta * d) - label_smoothing * F.logsigmoid(-beta * d)
+    z = beta * (avg_c - avg_r) - gamma
+    loss = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
     return loss, beta * avg_c.detach(), beta * avg_r.detach()
 
 
