@@ -40,7 +40,9 @@ def display(self, screen, update):  # the frame is written when this returns
 textual.app.App._display = display
 """
 
-BARE = FRAME + r"""
+BARE = (
+    FRAME
+    + r"""
 from textual.app import App
 from textual.widgets import DataTable, Footer, Header
 READY = lambda app: True
@@ -55,8 +57,11 @@ async def pilot_fn(pilot):
     pilot.app.exit()
 Bare().run(headless=True, auto_pilot=pilot_fn, size=(100, 30))
 """
+)
 
-APP = FRAME + r"""
+APP = (
+    FRAME
+    + r"""
 from coati_tui.core import hardware
 hardware.profile_early()  # as `coati-tui` does before importing the app
 from coati_tui.ui.app import CoatiApp
@@ -74,6 +79,7 @@ async def pilot_fn(pilot):
     app.exit()
 CoatiApp().run(headless=True, auto_pilot=pilot_fn, size=(100, 30))
 """
+)
 
 
 def sample(code: str, *args: str, tree: str = "") -> tuple[tuple[float, float], list[str]]:
@@ -106,9 +112,11 @@ def main() -> None:
             code, tree = kinds[kind]
             times[kind].append(sample(code, tree=tree)[0])
         order = order[1:] + order[:1]  # each kind takes each place in the rotation in turn
-    labels = {"bare": "bare Textual app (Header + DataTable + Footer)",
-              "compare": f"coati-tui at {args.compare}, machine filled",
-              "app": "coati-tui, first frame with the machine filled"}
+    labels = {
+        "bare": "bare Textual app (Header + DataTable + Footer)",
+        "compare": f"coati-tui at {args.compare}, machine filled",
+        "app": "coati-tui, first frame with the machine filled",
+    }
     width = max(len(v) for v in labels.values())
     for i, what in enumerate(("written", "pilot")):
         med = {k: statistics.median(t[i] for t in v) for k, v in times.items()}

@@ -68,15 +68,46 @@ def flood(rate: int = 1000, seconds: float = 5.0) -> dict:
 
     def writer():
         with (run / "events.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"v": 1, "type": "start", "time": time.time(), "stage": "sft", "config": {},
-                                "params": 1, "trainable_params": 1, "strategy": "naive", "device": "cpu",
-                                "precision": "fp32", "total_steps": total}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "v": 1,
+                        "type": "start",
+                        "time": time.time(),
+                        "stage": "sft",
+                        "config": {},
+                        "params": 1,
+                        "trainable_params": 1,
+                        "strategy": "naive",
+                        "device": "cpu",
+                        "precision": "fp32",
+                        "total_steps": total,
+                    }
+                )
+                + "\n"
+            )
             f.flush()
             start = time.perf_counter()
             for i in range(1, total + 1):
-                f.write(json.dumps({"v": 1, "type": "step", "time": time.time(), "step": i, "total_steps": total,
-                                    "epoch": 0, "loss": 1.0 / i, "lr": 1e-4, "tokens_per_s": 1.0,
-                                    "samples_per_s": 1.0, "eta_s": 1.0, "cpu_rss": 1}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "v": 1,
+                            "type": "step",
+                            "time": time.time(),
+                            "step": i,
+                            "total_steps": total,
+                            "epoch": 0,
+                            "loss": 1.0 / i,
+                            "lr": 1e-4,
+                            "tokens_per_s": 1.0,
+                            "samples_per_s": 1.0,
+                            "eta_s": 1.0,
+                            "cpu_rss": 1,
+                        }
+                    )
+                    + "\n"
+                )
                 if i % 10 == 0:
                     f.flush()
                     written[i] = time.perf_counter()
@@ -118,9 +149,15 @@ def flood(rate: int = 1000, seconds: float = 5.0) -> dict:
                 if seen >= total:
                     break
             elapsed = time.perf_counter() - t0
-            result.update(events=total, seconds=elapsed, drawn_per_s=total / elapsed, max_lag_s=max(lags),
-                          median_lag_s=statistics.median(lags), key_max_s=max(key_times),
-                          key_median_s=statistics.median(key_times))
+            result.update(
+                events=total,
+                seconds=elapsed,
+                drawn_per_s=total / elapsed,
+                max_lag_s=max(lags),
+                median_lag_s=statistics.median(lags),
+                key_max_s=max(key_times),
+                key_median_s=statistics.median(key_times),
+            )
 
     asyncio.run(main())
     return result
@@ -136,9 +173,29 @@ def training(steps: int = 60) -> dict:
     model = build_tiny_model(tmp / "model", hidden=128, layers=4)
     data = tmp / "sft.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft_rows(400)), encoding="utf-8")
-    args = ["--model", str(model), "--data", str(data), "--preset", "lora_naive", "--lora-rank", "0",
-            "--batch-size", "8", "--accumulation-steps", "1", "--max-len", "128", "--no-grad-checkpointing",
-            "--max-steps", str(steps), "--max-epochs", "10", "--save-interval", "0"]
+    args = [
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--preset",
+        "lora_naive",
+        "--lora-rank",
+        "0",
+        "--batch-size",
+        "8",
+        "--accumulation-steps",
+        "1",
+        "--max-len",
+        "128",
+        "--no-grad-checkpointing",
+        "--max-steps",
+        str(steps),
+        "--max-epochs",
+        "10",
+        "--save-interval",
+        "0",
+    ]
 
     def speed(run_dir: Path) -> float:
         from coati_tui.core import events
@@ -149,8 +206,13 @@ def training(steps: int = 60) -> dict:
     out = {}
     for rep in range(2):  # alternate, so drift in the machine's speed hits both sides
         head = tmp / f"headless-{rep}"
-        subprocess.run([sys.executable, "-m", "coati_tui", "train", "sft", *args, "--out", str(head), "--json"],
-                       capture_output=True, text=True, check=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "coati_tui", "train", "sft", *args, "--out", str(head), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
         out.setdefault("headless", []).append(speed(head))
         out.setdefault("watched", []).append(speed(_watched(str(model), str(data), steps, tmp / f"watched-{rep}")))
     return {k: statistics.median(v) for k, v in out.items()}
@@ -158,12 +220,18 @@ def training(steps: int = 60) -> dict:
 
 def _watched(model: str, data: str, steps: int, run_dir: Path) -> Path:
     from coati_tui.host import runs
+    from coati_tui.host.build import build
     from coati_tui.ui.app import CoatiApp
     from coati_tui.ui.screens.train import TrainScreen
-    from coati_tui.host.build import build
 
-    overrides = {"lora.rank": 0, "train.batch_size": 8, "train.accumulation_steps": 1, "train.max_len": 128,
-                 "train.grad_checkpointing": False, "train.max_epochs": 10}
+    overrides = {
+        "lora.rank": 0,
+        "train.batch_size": 8,
+        "train.accumulation_steps": 1,
+        "train.max_len": 128,
+        "train.grad_checkpointing": False,
+        "train.max_epochs": 10,
+    }
     cfg = build("sft", model, data, "lora_naive", overrides, max_steps=steps, save_interval=0)
     runs.prepare(cfg, run_dir)
 
@@ -189,18 +257,24 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
 
     ff = first_frame()
-    print(f"first frame: median {statistics.median(ff):.3f} s, max {max(ff):.3f} s over {len(ff)} fresh processes "
-          f"(goal < 0.5 s)")
+    print(
+        f"first frame: median {statistics.median(ff):.3f} s, max {max(ff):.3f} s over {len(ff)} fresh processes "
+        f"(goal < 0.5 s)"
+    )
     fl = flood()
-    print(f"event flood: {fl['events']} step events at 1,000/s drawn in {fl['seconds']:.2f} s "
-          f"({fl['drawn_per_s']:.0f}/s); lag write->plot median {fl['median_lag_s'] * 1000:.0f} ms, "
-          f"max {fl['max_lag_s'] * 1000:.0f} ms; a key press acts in median {fl['key_median_s'] * 1000:.0f} ms, "
-          f"max {fl['key_max_s'] * 1000:.0f} ms")
+    print(
+        f"event flood: {fl['events']} step events at 1,000/s drawn in {fl['seconds']:.2f} s "
+        f"({fl['drawn_per_s']:.0f}/s); lag write->plot median {fl['median_lag_s'] * 1000:.0f} ms, "
+        f"max {fl['max_lag_s'] * 1000:.0f} ms; a key press acts in median {fl['key_median_s'] * 1000:.0f} ms, "
+        f"max {fl['key_max_s'] * 1000:.0f} ms"
+    )
     if not args.skip_training:
         tr = training()
-        print(f"training speed, tiny Llama (4 layers, hidden 128) full SFT, batch 8 x <=128: headless "
-              f"{tr['headless']:.0f} tok/s, watched by the app {tr['watched']:.0f} tok/s, ratio "
-              f"{tr['watched'] / tr['headless']:.3f}x (goal >= 0.98x; median of 2 runs each)")
+        print(
+            f"training speed, tiny Llama (4 layers, hidden 128) full SFT, batch 8 x <=128: headless "
+            f"{tr['headless']:.0f} tok/s, watched by the app {tr['watched']:.0f} tok/s, ratio "
+            f"{tr['watched'] / tr['headless']:.3f}x (goal >= 0.98x; median of 2 runs each)"
+        )
 
 
 if __name__ == "__main__":

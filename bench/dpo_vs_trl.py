@@ -45,7 +45,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-WORDS_EN = "the reward model scores answers and the policy learns to write better ones please answer".split()
+WORDS_EN = [
+    "the",
+    "reward",
+    "model",
+    "scores",
+    "answers",
+    "and",
+    "the",
+    "policy",
+    "learns",
+    "to",
+    "write",
+    "better",
+    "ones",
+    "please",
+    "answer",
+]
 WORDS_ZH = list("监督微调让模型学会遵循指令奖励模型给回答打分策略学习写出更好的回答")
 MAX_LEN = 256
 LR = 2e-4
@@ -60,9 +76,18 @@ def build(folder: Path, n_pairs: int) -> tuple[Path, Path]:
     from coati_tui.trainer.tiny import train_tokenizer
 
     tok = train_tokenizer()
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     torch.manual_seed(0)
     hf_logging.disable_progress_bar()
     LlamaForCausalLM(cfg).save_pretrained(folder / "model")
@@ -70,8 +95,9 @@ def build(folder: Path, n_pairs: int) -> tuple[Path, Path]:
     rng = random.Random(0)
 
     def text(n: int) -> str:
-        return " ".join(rng.choice(WORDS_EN) if rng.random() < 0.6 else "".join(rng.choices(WORDS_ZH, k=3))
-                        for _ in range(n))
+        return " ".join(
+            rng.choice(WORDS_EN) if rng.random() < 0.6 else "".join(rng.choices(WORDS_ZH, k=3)) for _ in range(n)
+        )
 
     data = folder / "prefs.jsonl"
     longest = 0
@@ -137,11 +163,44 @@ def run_measured(cmd: list[str], log: Path) -> tuple[int, str, int, int]:
 
 
 def run_coati(model: Path, data: Path, preset: Path, steps: int, batch: int, warmup: int, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "coati_tui", "train", "dpo", "--model", str(model), "--data", str(data),
-           "--loss", "sigmoid", "--beta", str(BETA), "--live-ref", "--preset", str(preset), "--lora-rank", "16",
-           "--batch-size", str(batch), "--accumulation-steps", "1", "--max-len", str(MAX_LEN), "--lr", str(LR),
-           "--max-steps", str(steps), "--no-grad-checkpointing", "--eval-split", "0", "--save-interval", "0",
-           "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coati_tui",
+        "train",
+        "dpo",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--loss",
+        "sigmoid",
+        "--beta",
+        str(BETA),
+        "--live-ref",
+        "--preset",
+        str(preset),
+        "--lora-rank",
+        "16",
+        "--batch-size",
+        str(batch),
+        "--accumulation-steps",
+        "1",
+        "--max-len",
+        str(MAX_LEN),
+        "--lr",
+        str(LR),
+        "--max-steps",
+        str(steps),
+        "--no-grad-checkpointing",
+        "--eval-split",
+        "0",
+        "--save-interval",
+        "0",
+        "--out",
+        str(out),
+        "--json",
+    ]
     code, stdout, maxrss, tree_peak = run_measured(cmd, out.parent / f"{out.name}.stderr")
     evs = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     if code:
@@ -150,15 +209,22 @@ def run_coati(model: Path, data: Path, preset: Path, steps: int, batch: int, war
     start = next(e for e in evs if e["type"] == "start")
     steps_ev = [e for e in evs if e["type"] == "step"]
     timed = steps_ev[warmup:]
-    return {"tokens_per_s": sum(e["tokens"] for e in timed) / (steps_ev[-1]["time"] - steps_ev[warmup - 1]["time"]),
-            "steps": len(steps_ev), "tokens": sum(e["tokens"] for e in steps_ev), "maxrss": maxrss,
-            "tree_peak": tree_peak, "cpu_rss_max": max(e["cpu_rss"] for e in steps_ev),
-            "loss_first": steps_ev[0]["loss"], "loss_last": steps_ev[-1]["loss"],
-            "truncated": start.get("data", {}).get("truncated"), "reference": start.get("reference"),
-            "trainable": start.get("trainable_params")}
+    return {
+        "tokens_per_s": sum(e["tokens"] for e in timed) / (steps_ev[-1]["time"] - steps_ev[warmup - 1]["time"]),
+        "steps": len(steps_ev),
+        "tokens": sum(e["tokens"] for e in steps_ev),
+        "maxrss": maxrss,
+        "tree_peak": tree_peak,
+        "cpu_rss_max": max(e["cpu_rss"] for e in steps_ev),
+        "loss_first": steps_ev[0]["loss"],
+        "loss_last": steps_ev[-1]["loss"],
+        "truncated": start.get("data", {}).get("truncated"),
+        "reference": start.get("reference"),
+        "trainable": start.get("trainable_params"),
+    }
 
 
-TRL_CHILD = r'''
+TRL_CHILD = r"""
 import json, sys, time
 from datasets import Dataset
 from peft import LoraConfig
@@ -183,12 +249,23 @@ trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args
 trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
 trainer.train()
 print(json.dumps({"log": seen, "trainable": trainable}))
-'''
+"""
 
 
 def run_trl(model: Path, data: Path, steps: int, batch: int, warmup: int, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-c", TRL_CHILD, str(model), str(data), str(steps), str(batch), str(MAX_LEN), str(LR),
-           str(BETA), str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        TRL_CHILD,
+        str(model),
+        str(data),
+        str(steps),
+        str(batch),
+        str(MAX_LEN),
+        str(LR),
+        str(BETA),
+        str(out),
+    ]
     log = out.parent / f"{out.name}.stderr"
     code, stdout, maxrss, tree_peak = run_measured(cmd, log)
     if code:
@@ -196,9 +273,16 @@ def run_trl(model: Path, data: Path, steps: int, batch: int, warmup: int, out: P
     res = json.loads(stdout.strip().splitlines()[-1])
     seen = res["log"]
     (t0, n0, _), (t1, n1, _) = seen[warmup - 1], seen[-1]
-    return {"tokens_per_s": (n1 - n0) / (t1 - t0), "steps": len(seen), "tokens": n1, "maxrss": maxrss,
-            "tree_peak": tree_peak, "loss_first": seen[0][2], "loss_last": seen[-1][2],
-            "trainable": res["trainable"]}
+    return {
+        "tokens_per_s": (n1 - n0) / (t1 - t0),
+        "steps": len(seen),
+        "tokens": n1,
+        "maxrss": maxrss,
+        "tree_peak": tree_peak,
+        "loss_first": seen[0][2],
+        "loss_last": seen[-1][2],
+        "trainable": res["trainable"],
+    }
 
 
 def mib(n: float) -> str:
@@ -217,9 +301,12 @@ def main() -> None:
     import importlib.metadata as md
 
     versions = {n: md.version(n) for n in ("torch", "transformers", "peft", "trl")}
-    print(f"# DPO (sigmoid, beta {BETA}) on CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"{args.steps} steps, batch {args.batch} pairs x <={MAX_LEN} tokens, LoRA r16/a32/d0 all-linear, "
-          f"reference = adapters off, GC off, fp32; {versions}", flush=True)
+    print(
+        f"# DPO (sigmoid, beta {BETA}) on CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"{args.steps} steps, batch {args.batch} pairs x <={MAX_LEN} tokens, LoRA r16/a32/d0 all-linear, "
+        f"reference = adapters off, GC off, fp32; {versions}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model, data = build(tmp, args.pairs)
@@ -231,21 +318,27 @@ def main() -> None:
         theirs = run_trl(model, data, args.steps, args.batch, args.warmup, tmp / "trl")
         t_theirs = time.perf_counter() - t
     for name, r, wall in (("coati-tui", ours, t_ours), ("TRL", theirs, t_theirs)):
-        print(f"{name:9s}  tokens/s {r['tokens_per_s']:7.0f}  peak RSS {mib(r['maxrss'])} "
-              f"(tree sum {mib(r['tree_peak'])})  {r['steps']} steps, {int(r['tokens'])} tokens, "
-              f"trainable {r['trainable']:,}, loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}  "
-              f"({wall:.0f} s with start-up)")
+        print(
+            f"{name:9s}  tokens/s {r['tokens_per_s']:7.0f}  peak RSS {mib(r['maxrss'])} "
+            f"(tree sum {mib(r['tree_peak'])})  {r['steps']} steps, {int(r['tokens'])} tokens, "
+            f"trainable {r['trainable']:,}, loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}  "
+            f"({wall:.0f} s with start-up)"
+        )
     ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
     mem = ours["maxrss"] / theirs["maxrss"]
     tree = ours["tree_peak"] / theirs["tree_peak"]
-    print(f"ratio: tokens/s {ratio:.2f}x (goal >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'}); peak RSS "
-          f"{mem:.2f}x, tree sum {tree:.2f}x (goal <= 1.0x: {'met' if mem <= 1.0 and tree <= 1.0 else 'NOT met'})")
-    print(f"measured: tokens/s = non-pad tokens (attention-mask sum, chosen + rejected rows) of steps "
-          f"{args.warmup + 1}..{args.steps} / wall time from the end of step {args.warmup} to the end of step "
-          f"{args.steps} (coati-tui step events; TRL num_tokens in on_log, logging_steps=1); peak RSS = ru_maxrss "
-          f"of each child via os.wait4 (largest process of its tree; coati-tui's step events give "
-          f"{mib(ours['cpu_rss_max']).strip()} for its trainer); tree sum sampled every 0.2 s; coati-tui reference: "
-          f"{ours['reference']}, truncated pairs: {ours['truncated']}")
+    print(
+        f"ratio: tokens/s {ratio:.2f}x (goal >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'}); peak RSS "
+        f"{mem:.2f}x, tree sum {tree:.2f}x (goal <= 1.0x: {'met' if mem <= 1.0 and tree <= 1.0 else 'NOT met'})"
+    )
+    print(
+        f"measured: tokens/s = non-pad tokens (attention-mask sum, chosen + rejected rows) of steps "
+        f"{args.warmup + 1}..{args.steps} / wall time from the end of step {args.warmup} to the end of step "
+        f"{args.steps} (coati-tui step events; TRL num_tokens in on_log, logging_steps=1); peak RSS = ru_maxrss "
+        f"of each child via os.wait4 (largest process of its tree; coati-tui's step events give "
+        f"{mib(ours['cpu_rss_max']).strip()} for its trainer); tree sum sampled every 0.2 s; coati-tui reference: "
+        f"{ours['reference']}, truncated pairs: {ours['truncated']}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python bench/planner_accuracy.py            # CPU: ~60M Llama, a few steps
     python bench/planner_accuracy.py --device cuda --arch qwen2.5-0.5b   # on a GPU
 
-Each case runs in a fresh child process with the trainer's environment (coati_tui.procenv): build a Llama from a config (random weights, saved once),
+Each case runs in a fresh child process with the trainer's environment (coati_tui.procenv): build a Llama
+from a config (random weights, saved once),
 load it through ``coati_tui.trainer.models.load_model`` exactly as the trainer does, run a few
 optimizer steps at the preset's settings, and measure the peak:
 - on CPU: peak RSS (``ru_maxrss``) minus the RSS after imports and before the model is loaded,
@@ -29,12 +30,28 @@ from coati_tui.core.procenv import child_env
 
 ARCHES = {
     # ~60M parameters: small enough for 2 CPU cores, big enough that the model, not Python, dominates
-    "llama-60m": dict(model_type="llama", vocab_size=32000, hidden_size=512, intermediate_size=1408,
-                      num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                      max_position_embeddings=2048, tie_word_embeddings=False),
-    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                         max_position_embeddings=32768, tie_word_embeddings=True),
+    "llama-60m": dict(
+        model_type="llama",
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    ),
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -143,19 +160,42 @@ def main() -> None:
         from coati_tui.core.units import fmt_bytes, fmt_count
 
         params = Arch.from_config(read_config(model_dir)).param_count()
-        print(f"# planner accuracy: {args.arch} ({fmt_count(params)} params), device {args.device}, "
-              f"batch {args.batch} x {args.seq} tokens, {args.steps} AdamW steps, random token ids")
-        print("# measured: " + ("torch.cuda.max_memory_allocated" if args.device == "cuda"
-                                else "peak RSS minus RSS after imports (fresh process per row)"))
-        print(f"{'preset':14s} {'stage':5s} {'gc':3s} {'predicted':>11s} {'measured':>11s} {'error':>7s} {'s/step':>7s}")
+        print(
+            f"# planner accuracy: {args.arch} ({fmt_count(params)} params), device {args.device}, "
+            f"batch {args.batch} x {args.seq} tokens, {args.steps} AdamW steps, random token ids"
+        )
+        print(
+            "# measured: "
+            + (
+                "torch.cuda.max_memory_allocated"
+                if args.device == "cuda"
+                else "peak RSS minus RSS after imports (fresh process per row)"
+            )
+        )
+        print(
+            f"{'preset':14s} {'stage':5s} {'gc':3s} {'predicted':>11s} {'measured':>11s} {'error':>7s} {'s/step':>7s}"
+        )
         errors = []
         for preset_name in args.presets.split(","):
             for stage in args.stages.split(","):
                 for gc in args.gc.split(","):
-                    spec = dict(model_dir=str(model_dir), preset_name=preset_name, stage=stage, batch=args.batch,
-                                seq=args.seq, steps=args.steps, device=args.device, gc=gc == "on", tmp=tmp)
-                    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                          capture_output=True, text=True, env=child_env())
+                    spec = dict(
+                        model_dir=str(model_dir),
+                        preset_name=preset_name,
+                        stage=stage,
+                        batch=args.batch,
+                        seq=args.seq,
+                        steps=args.steps,
+                        device=args.device,
+                        gc=gc == "on",
+                        tmp=tmp,
+                    )
+                    proc = subprocess.run(
+                        [sys.executable, __file__, "--child", json.dumps(spec)],
+                        capture_output=True,
+                        text=True,
+                        env=child_env(),
+                    )
                     if proc.returncode != 0:
                         print(f"{preset_name:14s} {stage:5s} {gc:3s} failed: {proc.stderr.strip().splitlines()[-1]}")
                         continue
@@ -170,8 +210,11 @@ def main() -> None:
                     pred = predicted(str(model_dir), pname, stage, args.batch, args.seq, args.device)
                     err = (pred - got["measured"]) / got["measured"]
                     errors.append(abs(err))
-                    print(f"{preset_name:14s} {stage:5s} {gc:3s} {fmt_bytes(pred):>11s} {fmt_bytes(got['measured']):>11s} "
-                          f"{err:+7.1%} {got['step_s']:7.2f}")
+                    print(
+                        f"{preset_name:14s} {stage:5s} {gc:3s} {fmt_bytes(pred):>11s} "
+                        f"{fmt_bytes(got['measured']):>11s} "
+                        f"{err:+7.1%} {got['step_s']:7.2f}"
+                    )
         if errors:
             print(f"median |error| {statistics.median(errors):.1%}, max {max(errors):.1%} over {len(errors)} rows")
 

@@ -37,9 +37,17 @@ def build(folder: Path, hidden: int, layers: int) -> tuple[Path, Path, Path]:
     from coati_tui.trainer.tiny import train_tokenizer
 
     tok = train_tokenizer()
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
-                      num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8,
-                      max_position_embeddings=1024, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        intermediate_size=hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     base = folder / "base"
     LlamaForCausalLM(cfg).save_pretrained(base)
@@ -105,10 +113,25 @@ def lean(base: str, reward: str, prompts: str, run_dir: str) -> dict:
 
     baseline, baseline_rss = _anon(), _rss()
     sampler = PeakSampler()
-    cfg = build("ppo", base, prompts, "lora_naive", {
-        "train.grad_checkpointing": False, "train.batch_size": ROLLOUT, "ppo.rollout_batch": ROLLOUT,
-        "ppo.ppo_epochs": 1, "ppo.max_new_tokens": NEW, "ppo.ptx_coef": 0.0, "ppo.sample_every": 0},
-        reward=reward, max_steps=1, eval_split=0.0, save_interval=0)
+    cfg = build(
+        "ppo",
+        base,
+        prompts,
+        "lora_naive",
+        {
+            "train.grad_checkpointing": False,
+            "train.batch_size": ROLLOUT,
+            "ppo.rollout_batch": ROLLOUT,
+            "ppo.ppo_epochs": 1,
+            "ppo.max_new_tokens": NEW,
+            "ppo.ptx_coef": 0.0,
+            "ppo.sample_every": 0,
+        },
+        reward=reward,
+        max_steps=1,
+        eval_split=0.0,
+        save_interval=0,
+    )
     Path(run_dir).mkdir(parents=True)
     cfg.write(Path(run_dir))
     from coati_tui.trainer.ppo import recipe as ppo
@@ -120,8 +143,13 @@ def lean(base: str, reward: str, prompts: str, run_dir: str) -> dict:
         finally:
             sys.stdout = stdout
     shared = '"shared_reward": true' in (Path(run_dir) / "events.jsonl").read_text()
-    return {"baseline": baseline, "peak": sampler.done(), "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "baseline_rss": baseline_rss, "shared_reward": shared}
+    return {
+        "baseline": baseline,
+        "peak": sampler.done(),
+        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "baseline_rss": baseline_rss,
+        "shared_reward": shared,
+    }
 
 
 def four(base: str, reward: str, prompts: str) -> dict:
@@ -142,30 +170,42 @@ def four(base: str, reward: str, prompts: str) -> dict:
     rm = AutoModelForSequenceClassification.from_pretrained(reward).requires_grad_(False).eval()
     qs = [json.loads(line)["prompt"] for line in Path(prompts).read_text(encoding="utf-8").splitlines()][:ROLLOUT]
     tok.padding_side = "left"
-    enc = tok([tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-               for q in qs], return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(
+        [
+            tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in qs
+        ],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
     P = enc["input_ids"].shape[1]
     actor.eval()
     with torch.no_grad():
-        out = actor.generate(**enc, do_sample=True, max_new_tokens=NEW, min_new_tokens=NEW,
-                             pad_token_id=tok.pad_token_id)
+        out = actor.generate(
+            **enc, do_sample=True, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=tok.pad_token_id
+        )
         mask = torch.cat([enc["attention_mask"], torch.ones_like(out[:, P:])], 1)
-        old = torch.log_softmax(actor(input_ids=out, attention_mask=mask).logits[:, P - 1:-1], -1)
-        ref_lp = torch.log_softmax(ref(input_ids=out, attention_mask=mask).logits[:, P - 1:-1], -1)
+        old = torch.log_softmax(actor(input_ids=out, attention_mask=mask).logits[:, P - 1 : -1], -1)
+        ref_lp = torch.log_softmax(ref(input_ids=out, attention_mask=mask).logits[:, P - 1 : -1], -1)
         score = rm(input_ids=out, attention_mask=mask).logits.squeeze(-1)
-        values = value_head(critic(input_ids=out, attention_mask=mask).last_hidden_state[:, P - 1:-1]).squeeze(-1)
+        values = value_head(critic(input_ids=out, attention_mask=mask).last_hidden_state[:, P - 1 : -1]).squeeze(-1)
         del old, ref_lp
     actor.train()
     resp = out[:, P:]
-    logp = torch.log_softmax(actor(input_ids=out, attention_mask=mask).logits[:, P - 1:-1], -1)
+    logp = torch.log_softmax(actor(input_ids=out, attention_mask=mask).logits[:, P - 1 : -1], -1)
     logp = logp.gather(-1, resp.unsqueeze(-1)).squeeze(-1)
     (-(logp * score.unsqueeze(-1)).mean()).backward()
     torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad]).step()
-    v = value_head(critic(input_ids=out, attention_mask=mask).last_hidden_state[:, P - 1:-1]).squeeze(-1)
+    v = value_head(critic(input_ids=out, attention_mask=mask).last_hidden_state[:, P - 1 : -1]).squeeze(-1)
     ((v - values - score.unsqueeze(-1)) ** 2).mean().backward()
     torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad] + list(value_head.parameters())).step()
-    return {"baseline": baseline, "peak": sampler.done(), "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "baseline_rss": baseline_rss}
+    return {
+        "baseline": baseline,
+        "peak": sampler.done(),
+        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "baseline_rss": baseline_rss,
+    }
 
 
 def main() -> None:
@@ -188,29 +228,48 @@ def main() -> None:
         cfg = json.loads((base / "config.json").read_text())
         res = {}
         for side in ("lean", "four"):
-            proc = subprocess.run([sys.executable, __file__, "--measure", side, "--paths", str(base), str(reward),
-                                   str(prompts), str(Path(tmp) / f"run-{side}")],
-                                  capture_output=True, text=True, env=child_env())
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--measure",
+                    side,
+                    "--paths",
+                    str(base),
+                    str(reward),
+                    str(prompts),
+                    str(Path(tmp) / f"run-{side}"),
+                ],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+            )
             if proc.returncode:
                 sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
             res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
         from coati_tui.core.modelinfo import Arch
 
         n_params = Arch.from_config(cfg).param_count("lm")
-    mib = 1024 ** 2
-    print(f"model: Llama {n_params / 1e6:.0f}M params (hidden {args.hidden}, {args.layers} layers, vocab 32000), "
-          f"fp32 on CPU = {n_params * 4 / mib:.0f} MiB of weights per copy; rollout {ROLLOUT} x {NEW} new tokens, "
-          "one update")
+    mib = 1024**2
+    print(
+        f"model: Llama {n_params / 1e6:.0f}M params (hidden {args.hidden}, {args.layers} layers, vocab 32000), "
+        f"fp32 on CPU = {n_params * 4 / mib:.0f} MiB of weights per copy; rollout {ROLLOUT} x {NEW} new tokens, "
+        "one update"
+    )
     for side, label in (("lean", "coati-tui lean (train ppo)"), ("four", "four separate models")):
         r = res[side]
-        print(f"{label:28s}: peak RSS {r['maxrss'] / mib:6.0f} MiB (after imports {r['baseline_rss'] / mib:4.0f}), "
-              f"models + step {(r['maxrss'] - r['baseline_rss']) / mib:6.0f} MiB; of it anonymous (not weights "
-              f"mapped from files) {(r['peak'] - r['baseline']) / mib:5.0f} MiB")
+        print(
+            f"{label:28s}: peak RSS {r['maxrss'] / mib:6.0f} MiB (after imports {r['baseline_rss'] / mib:4.0f}), "
+            f"models + step {(r['maxrss'] - r['baseline_rss']) / mib:6.0f} MiB; of it anonymous (not weights "
+            f"mapped from files) {(r['peak'] - r['baseline']) / mib:5.0f} MiB"
+        )
     lean_, four_ = res["lean"], res["four"]
     ratio = (lean_["maxrss"] - lean_["baseline_rss"]) / (four_["maxrss"] - four_["baseline_rss"])
     print(f"reward model shared on the actor's base: {lean_['shared_reward']}")
-    print(f"lean / four, models + step: {ratio:.2f}x (goal <= 0.4x); whole peak RSS: "
-          f"{lean_['maxrss'] / four_['maxrss']:.2f}x")
+    print(
+        f"lean / four, models + step: {ratio:.2f}x (goal <= 0.4x); whole peak RSS: "
+        f"{lean_['maxrss'] / four_['maxrss']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,22 @@ def main() -> None:
 
     from coati_tui.core import presets
     from coati_tui.data.tokenize import render
-    from coati_tui.trainer.tiny import train_tokenizer
     from coati_tui.trainer.ppo import lean, rollout
+    from coati_tui.trainer.tiny import train_tokenizer
 
     torch.manual_seed(0)
     tok = train_tokenizer()
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
-                      num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
-                      max_position_embeddings=1024, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 11 // 4,
+        num_hidden_layers=args.layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         LlamaForCausalLM(cfg).save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -60,16 +68,33 @@ def main() -> None:
 
     from coati_tui.trainer.strategy import linear_targets
 
-    models.model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                   target_modules=linear_targets(base, "all-linear")),
-                                  adapter_name="actor")
+    models.model = get_peft_model(
+        base,
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=linear_targets(base, "all-linear")),
+        adapter_name="actor",
+    )
     models.inner = models.model.get_base_model()
     models.model.eval()
 
     rng = random.Random(0)
-    words = "the reward model scores answers 奖励模型给回答打分 策略学习写出更好的回答 please answer".split()
-    prompts = [tok(render(tok, [{"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(3, 12)))}], True),
-                   add_special_tokens=False)["input_ids"] for _ in range(args.batch)]
+    words = [
+        "the",
+        "reward",
+        "model",
+        "scores",
+        "answers",
+        "奖励模型给回答打分",
+        "策略学习写出更好的回答",
+        "please",
+        "answer",
+    ]
+    prompts = [
+        tok(
+            render(tok, [{"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(3, 12)))}], True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for _ in range(args.batch)
+    ]
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -106,9 +131,11 @@ def main() -> None:
 
     tokens = args.batch * args.new
     t_cached, t_naive = best(cached), best(naive)
-    print(f"model: Llama {n_params / 1e6:.0f}M params (hidden {args.hidden}, {args.layers} layers), fp32, CPU, "
-          f"torch threads {torch.get_num_threads()}; batch {args.batch}, prompts {min(map(len, prompts))}-{width} "
-          f"tokens, {args.new} new tokens each, best of {args.repeat}")
+    print(
+        f"model: Llama {n_params / 1e6:.0f}M params (hidden {args.hidden}, {args.layers} layers), fp32, CPU, "
+        f"torch threads {torch.get_num_threads()}; batch {args.batch}, prompts {min(map(len, prompts))}-{width} "
+        f"tokens, {args.new} new tokens each, best of {args.repeat}"
+    )
     print(f"coati-tui rollout (generate, KV cache): {tokens / t_cached:8.1f} tokens/s  ({t_cached:.2f} s)")
     print(f"naive loop (no KV cache)             : {tokens / t_naive:8.1f} tokens/s  ({t_naive:.2f} s)")
     print(f"speed-up: {t_naive / t_cached:.2f}x (goal >= 3x)")

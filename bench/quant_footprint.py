@@ -44,8 +44,13 @@ def measure(model: str, quant: str, dtype: str, new: int) -> dict:
             out = m.generate(**enc, generation_config=gen)
         best = min(best, time.perf_counter() - t0)
     assert out.shape[1] - enc["input_ids"].shape[1] == new
-    return {"memory_bytes": info["memory_bytes"], "dtype": info["dtype"], "device": info["device"],
-            "tokens_per_s": new / best, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {
+        "memory_bytes": info["memory_bytes"],
+        "dtype": info["dtype"],
+        "device": info["device"],
+        "tokens_per_s": new / best,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def main() -> None:
@@ -66,45 +71,73 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer()
-        cfg = LlamaConfig(vocab_size=32000, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 64 * 64,
-                          num_hidden_layers=args.layers, num_attention_heads=12, num_key_value_heads=4,
-                          max_position_embeddings=1024, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        cfg = LlamaConfig(
+            vocab_size=32000,
+            hidden_size=args.hidden,
+            intermediate_size=args.hidden * 8 // 3 // 64 * 64,
+            num_hidden_layers=args.layers,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg)
         n = sum(p.numel() for p in model.parameters())
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         del model
-        print(f"model: Llama {n / 1e6:.0f}M params (hidden {args.hidden}, {args.layers} layers, vocab 32000); "
-              f"one prompt, {args.new} new tokens greedy, best of 2; torch threads {torch.get_num_threads()}")
+        print(
+            f"model: Llama {n / 1e6:.0f}M params (hidden {args.hidden}, {args.layers} layers, vocab 32000); "
+            f"one prompt, {args.new} new tokens greedy, best of 2; torch threads {torch.get_num_threads()}"
+        )
         modes = list(MODES)
         import importlib.util
 
         if importlib.util.find_spec("gptqmodel"):
             calib = Path(tmp) / "calib.jsonl"
-            rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-                    for q, a in (("List three fruits.", "Apple, pear and fig."), ("请列出三种水果。", "苹果、香蕉、橙子。"),
-                                 ("What is 2 + 3?", "2 + 3 = 5."), ("北京是哪个国家的首都？", "北京是中国的首都。"))] * 8
+            rows = [
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                for q, a in (
+                    ("List three fruits.", "Apple, pear and fig."),
+                    ("请列出三种水果。", "苹果、香蕉、橙子。"),
+                    ("What is 2 + 3?", "2 + 3 = 5."),
+                    ("北京是哪个国家的首都？", "北京是中国的首都。"),
+                )
+            ] * 8
             calib.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
             t0 = time.perf_counter()
-            q = subprocess.run([sys.executable, "-m", "coati_tui", "quantize", tmp, "--calib", str(calib),
-                                "--out", tmp + "/gptq"], capture_output=True, text=True, env=child_env())
+            q = subprocess.run(
+                [sys.executable, "-m", "coati_tui", "quantize", tmp, "--calib", str(calib), "--out", tmp + "/gptq"],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+            )
             if q.returncode:
                 print(f"gptq : quantize failed: {q.stderr.strip().splitlines()[-1][:160]}")
             else:
-                print(f"gptq : `coati-tui quantize --bits 4 --group-size 128` took {time.perf_counter() - t0:.0f} s "
-                      f"(32 calibration conversations, {torch.get_num_threads()} torch threads)")
+                print(
+                    f"gptq : `coati-tui quantize --bits 4 --group-size 128` took {time.perf_counter() - t0:.0f} s "
+                    f"(32 calibration conversations, {torch.get_num_threads()} torch threads)"
+                )
                 modes.append(("gptq", "none", "auto"))
         for name, quant, dtype in modes:
             folder = tmp + "/gptq" if name == "gptq" else tmp
-            proc = subprocess.run([sys.executable, __file__, "--new", str(args.new), "--measure", folder, quant, dtype],
-                                  capture_output=True, text=True, env=child_env())
+            proc = subprocess.run(
+                [sys.executable, __file__, "--new", str(args.new), "--measure", folder, quant, dtype],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+            )
             if proc.returncode:
                 print(f"{name:5s}: failed: {proc.stderr.strip().splitlines()[-1][:160]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{name:5s}: weights {r['memory_bytes'] / 2**20:7.1f} MiB  peak RSS {r['peak_rss'] / 2**20:7.0f} MiB  "
-                  f"decode {r['tokens_per_s']:6.1f} tok/s  ({r['device']}, compute {r['dtype']})")
+            print(
+                f"{name:5s}: weights {r['memory_bytes'] / 2**20:7.1f} MiB  peak RSS {r['peak_rss'] / 2**20:7.0f} MiB  "
+                f"decode {r['tokens_per_s']:6.1f} tok/s  ({r['device']}, compute {r['dtype']})"
+            )
 
 
 if __name__ == "__main__":

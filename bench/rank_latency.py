@@ -32,8 +32,10 @@ async def label(model: Path, prompts: Path, store: Path, n: int) -> tuple[list[f
     from coati_tui.ui.app import CoatiApp
     from coati_tui.ui.screens import rank as rank_mod
 
-    app = CoatiApp(mode="rank", rank={"model": str(model), "prompts": str(prompts), "store": str(store),
-                                       "annotator": "bench", "start": True})
+    app = CoatiApp(
+        mode="rank",
+        rank={"model": str(model), "prompts": str(prompts), "store": str(store), "annotator": "bench", "start": True},
+    )
     async with app.run_test(size=(120, 40)) as pilot:
         rank = app.screen
         for i in range(n):
@@ -44,8 +46,7 @@ async def label(model: Path, prompts: Path, store: Path, n: int) -> tuple[list[f
                 await pilot.pause(0.05)
             await pilot.press("ab"[i % 2])
             await pilot.pause(0.02)
-        gen = [r[0] for r in rank.store.db.execute(
-            "SELECT sum(gen_s) FROM responses GROUP BY prompt_id, created")]
+        gen = [r[0] for r in rank.store.db.execute("SELECT sum(gen_s) FROM responses GROUP BY prompt_id, created")]
         return list(rank.latencies), gen
 
 
@@ -55,8 +56,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from coati_tui.ui.screens import rank as rank_mod
     from coati_tui.trainer.tiny import build_tiny_model
+    from coati_tui.ui.screens import rank as rank_mod
 
     rank_mod.SAMPLING["max_new_tokens"] = args.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,18 +65,27 @@ def main() -> None:
         os.environ["COATI_TUI_HOME"] = str(tmp / "home")
         model = build_tiny_model(tmp / "model", layers=2, hidden=64)
         prompts = tmp / "prompts.jsonl"
-        rows = [{"prompt": f"请列出{i}种水果。"} if i % 2 else {"prompt": f"List {i} fruits."} for i in range(args.pairs + 5)]
+        rows = [
+            {"prompt": f"请列出{i}种水果。"} if i % 2 else {"prompt": f"List {i} fruits."}
+            for i in range(args.pairs + 5)
+        ]
         prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         latencies, gen = asyncio.run(label(model, prompts, tmp / "prefs.sqlite", args.pairs))
     ms = sorted(x * 1000 for x in latencies)
     gen_ms = sorted(x * 1000 for x in gen if x)
-    print(f"rank pane, tiny Llama (2 layers, hidden 64), {len(ms)} judgments, max_new_tokens {args.max_new_tokens}, "
-          f"CPU, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    print(
+        f"rank pane, tiny Llama (2 layers, hidden 64), {len(ms)} judgments, max_new_tokens {args.max_new_tokens}, "
+        f"CPU, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    )
     print("keypress -> next pair drawn (judgment committed, synchronous=FULL):")
-    print(f"  background queue (coati-tui): median {statistics.median(ms):.1f} ms, "
-          f"p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms  (goal < 50 ms)")
-    print(f"  written after the keypress:   median {statistics.median(gen_ms):.0f} ms, max {gen_ms[-1]:.0f} ms "
-          "(two answers' generation time; what a pane without a queue makes the user wait)")
+    print(
+        f"  background queue (coati-tui): median {statistics.median(ms):.1f} ms, "
+        f"p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms  (goal < 50 ms)"
+    )
+    print(
+        f"  written after the keypress:   median {statistics.median(gen_ms):.0f} ms, max {gen_ms[-1]:.0f} ms "
+        "(two answers' generation time; what a pane without a queue makes the user wait)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,23 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS_EN = "the reward model scores answers and the policy learns to write better ones please answer".split()
+WORDS_EN = [
+    "the",
+    "reward",
+    "model",
+    "scores",
+    "answers",
+    "and",
+    "the",
+    "policy",
+    "learns",
+    "to",
+    "write",
+    "better",
+    "ones",
+    "please",
+    "answer",
+]
 WORDS_ZH = list("监督微调让模型学会遵循指令奖励模型给回答打分策略学习写出更好的回答")
 
 
@@ -37,46 +53,89 @@ def build(folder: Path) -> tuple[Path, Path]:
     from coati_tui.trainer.tiny import train_tokenizer
 
     tok = train_tokenizer()
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder / "model")
     tok.save_pretrained(folder / "model")
     rng = random.Random(0)
 
     def text(n):
-        return " ".join(rng.choice(WORDS_EN) if rng.random() < 0.6 else "".join(rng.choices(WORDS_ZH, k=3))
-                        for _ in range(n))
+        return " ".join(
+            rng.choice(WORDS_EN) if rng.random() < 0.6 else "".join(rng.choices(WORDS_ZH, k=3)) for _ in range(n)
+        )
 
     data = folder / "sft.jsonl"
     with data.open("w", encoding="utf-8") as f:
         for _ in range(256):
-            msgs = [{"role": "user", "content": text(rng.randint(5, 60))},
-                    {"role": "assistant", "content": text(rng.randint(5, 40))}]
+            msgs = [
+                {"role": "user", "content": text(rng.randint(5, 60))},
+                {"role": "assistant", "content": text(rng.randint(5, 40))},
+            ]
             f.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
     return folder / "model", data
 
 
 def run_coati(model: Path, data: Path, steps: int, gc: bool, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "coati_tui", "train", "sft", "--model", str(model), "--data", str(data),
-           "--preset", "lora_naive", "--batch-size", "8", "--accumulation-steps", "1", "--max-len", "256",
-           "--lora-rank", "16", "--max-steps", str(steps), "--save-interval", "0", "--eval-split", "0",
-           "--grad-checkpointing" if gc else "--no-grad-checkpointing", "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coati_tui",
+        "train",
+        "sft",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--preset",
+        "lora_naive",
+        "--batch-size",
+        "8",
+        "--accumulation-steps",
+        "1",
+        "--max-len",
+        "256",
+        "--lora-rank",
+        "16",
+        "--max-steps",
+        str(steps),
+        "--save-interval",
+        "0",
+        "--eval-split",
+        "0",
+        "--grad-checkpointing" if gc else "--no-grad-checkpointing",
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    steps_ev = [e for e in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))
-                if e["type"] == "step"]
+    steps_ev = [
+        e
+        for e in map(json.loads, (line for line in proc.stdout.splitlines() if line.startswith("{")))
+        if e["type"] == "step"
+    ]
     tokens = sum(e["tokens"] for e in steps_ev[1:])
     return {"tokens_per_s": tokens / (steps_ev[-1]["time"] - steps_ev[0]["time"]), "steps": len(steps_ev)}
 
 
-TRL_CHILD = r'''
+TRL_CHILD = r"""
 import json, sys, time
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
-model_dir, data, steps, gc, assistant_only, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1", sys.argv[6]
+model_dir, data, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[6]
+gc, assistant_only = sys.argv[4] == "1", sys.argv[5] == "1"
 rows = [json.loads(l) for l in open(data, encoding="utf-8")]
 seen = []
 class Clock(TrainerCallback):
@@ -94,12 +153,25 @@ trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args
 trainer.train()
 (t0, n0), (t1, n1) = seen[0], seen[-1]
 print(json.dumps({"tokens_per_s": (n1 - n0) / (t1 - t0), "steps": len(seen)}))
-'''
+"""
 
 
 def run_trl(model: Path, data: Path, steps: int, gc: bool, assistant_only: bool, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", TRL_CHILD, str(model), str(data), str(steps), str(int(gc)),
-                           str(int(assistant_only)), str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TRL_CHILD,
+            str(model),
+            str(data),
+            str(steps),
+            str(int(gc)),
+            str(int(assistant_only)),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -112,20 +184,27 @@ def main() -> None:
     import importlib.metadata as md
 
     versions = {n: md.version(n) for n in ("torch", "transformers", "peft", "trl")}
-    print(f"# SFT tokens/s (non-pad) on CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"{args.steps} steps, batch 8 x <=256 tokens, LoRA r16 all-linear, fp32; {versions}")
+    print(
+        f"# SFT tokens/s (non-pad) on CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"{args.steps} steps, batch 8 x <=256 tokens, LoRA r16 all-linear, fp32; {versions}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model, data = build(Path(tmp))
         rows = []
-        for label, gc, trl_assistant_only in (("matched (GC off, assistant-only loss)", False, True),
-                                              ("defaults (both checkpoint; TRL loss on all tokens)", True, False)):
+        for label, gc, trl_assistant_only in (
+            ("matched (GC off, assistant-only loss)", False, True),
+            ("defaults (both checkpoint; TRL loss on all tokens)", True, False),
+        ):
             t = time.perf_counter()
             ours = run_coati(model, data, args.steps, gc, Path(tmp) / f"coati-{gc}")
             theirs = run_trl(model, data, args.steps, gc, trl_assistant_only, Path(tmp) / f"trl-{gc}")
             ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
             rows.append((label, ours["tokens_per_s"], theirs["tokens_per_s"], ratio))
-            print(f"{label:52s} coati-tui {ours['tokens_per_s']:7.0f}  TRL {theirs['tokens_per_s']:7.0f}  "
-                  f"ratio {ratio:.2f}x  ({time.perf_counter() - t:.0f} s)", flush=True)
+            print(
+                f"{label:52s} coati-tui {ours['tokens_per_s']:7.0f}  TRL {theirs['tokens_per_s']:7.0f}  "
+                f"ratio {ratio:.2f}x  ({time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

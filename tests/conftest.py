@@ -46,8 +46,13 @@ def demo_home(tmp_path_factory) -> Path:
     import sys
 
     home = tmp_path_factory.mktemp("demo-home")
-    proc = subprocess.run([sys.executable, "-m", "coati_tui", "demo", "--ppo-steps", "20"], capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "COATI_TUI_HOME": str(home)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "coati_tui", "demo", "--ppo-steps", "20"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COATI_TUI_HOME": str(home)},
+    )
     (home / "demo-stdout.txt").write_text(proc.stdout, encoding="utf-8")
     (home / "demo-stderr.txt").write_text(proc.stderr, encoding="utf-8")
     (home / "demo-rc.txt").write_text(str(proc.returncode))

@@ -3,8 +3,14 @@
 import json
 import random
 
-ZH_EN = [("你好", "你好！很高兴见到你。"), ("What is 2 + 3?", "2 + 3 = 5."), ("中国的首都是哪里？", "北京。"),
-         ("Say thanks.", "Thank you! 谢谢！"), ("一加一等于几？", "一加一等于二。"), ("Name a color.", "Blue, 蓝色.")]
+ZH_EN = [
+    ("你好", "你好！很高兴见到你。"),
+    ("What is 2 + 3?", "2 + 3 = 5."),
+    ("中国的首都是哪里？", "北京。"),
+    ("Say thanks.", "Thank you! 谢谢！"),
+    ("一加一等于几？", "一加一等于二。"),
+    ("Name a color.", "Blue, 蓝色."),
+]
 
 
 def sft_records(n: int = 48, seed: int = 0) -> list[dict]:
@@ -16,9 +22,15 @@ def sft_records(n: int = 48, seed: int = 0) -> list[dict]:
         if i % 3 == 0:
             out.append({"messages": [{"from": "user", "content": q}, {"from": "assistant", "content": a}]})
         elif i % 3 == 1:
-            out.append({"messages": [{"role": "system", "content": "简短回答。"},
-                                     {"role": "user", "content": f"{x} + {y} = ?"},
-                                     {"role": "assistant", "content": f"{x + y}"}]})
+            out.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": "简短回答。"},
+                        {"role": "user", "content": f"{x} + {y} = ?"},
+                        {"role": "assistant", "content": f"{x + y}"},
+                    ]
+                }
+            )
         else:
             out.append({"instruction": f"计算 {x} 加 {y}", "input": "", "output": f"答案是 {x + y}。"})
     return out
@@ -32,9 +44,13 @@ def preference_records(n: int = 80, seed: int = 0) -> list[dict]:
         q, a = ZH_EN[i % len(ZH_EN)]
         noise = "".join(rng.choice("xyzqwk#@") for _ in range(rng.randint(4, 12)))
         if i % 2:
-            out.append({"context": [{"from": "user", "content": q}],
-                        "chosen": [{"from": "assistant", "content": a}],
-                        "rejected": [{"from": "assistant", "content": noise}]})
+            out.append(
+                {
+                    "context": [{"from": "user", "content": q}],
+                    "chosen": [{"from": "assistant", "content": a}],
+                    "rejected": [{"from": "assistant", "content": noise}],
+                }
+            )
         else:
             out.append({"prompt": q, "chosen": a, "rejected": noise})
     return out

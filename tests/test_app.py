@@ -85,9 +85,11 @@ async def test_data_path_completes_validates_and_previews(tmp_path):
     from sample_data import preference_records, write_jsonl
 
     write_jsonl(tmp_path / "prefs.jsonl", preference_records(20))
-    (tmp_path / "bad.jsonl").write_text('{"messages": [{"from": "user", "content": "好"}, {"from": "assistant", '
-                                        '"content": "好"}]}\n{"messages": [{"from": "robot", "content": "x"}]}\n',
-                                        encoding="utf-8")
+    (tmp_path / "bad.jsonl").write_text(
+        '{"messages": [{"from": "user", "content": "好"}, {"from": "assistant", '
+        '"content": "好"}]}\n{"messages": [{"from": "robot", "content": "x"}]}\n',
+        encoding="utf-8",
+    )
     app = CoatiApp()
     async with app.run_test(size=(100, 50)) as pilot:
         await _settle(app, pilot)

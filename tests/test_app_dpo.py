@@ -19,8 +19,10 @@ async def test_home_starts_dpo_and_the_train_screen_shows_its_health(tiny_model,
     home = os.environ["COATI_TUI_HOME"]
     os.makedirs(f"{home}/presets")
     with open(f"{home}/presets/lora_small.toml", "w", encoding="utf-8") as f:
-        f.write('description = "小 LoRA for tests"\n[lora]\nrank = 4\n'
-                '[train]\nbatch_size = 4\naccumulation_steps = 1\nmax_len = 64\nmax_epochs = 2\nlr = 3e-3\n')
+        f.write(
+            'description = "小 LoRA for tests"\n[lora]\nrank = 4\n'
+            "[train]\nbatch_size = 4\naccumulation_steps = 1\nmax_len = 64\nmax_epochs = 2\nlr = 3e-3\n"
+        )
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(40))
     app = CoatiApp(model=str(tiny_model))
     async with app.run_test(size=(160, 48)) as pilot:
@@ -43,6 +45,7 @@ async def test_home_starts_dpo_and_the_train_screen_shows_its_health(tiny_model,
         rows = app.screen.query_one("#runs-table")
         assert "dpo" in str(rows.get_row_at(0)[1])
         await pilot.press("n")  # next stage of a DPO run: Chat with its output
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ChatScreen" and app.screen.loaded is not None,
-                       timeout=90)
+        await wait_for(
+            pilot, lambda: type(app.screen).__name__ == "ChatScreen" and app.screen.loaded is not None, timeout=90
+        )
         assert app.screen.loaded["model"] == str(train.run_dir / "final")

@@ -78,6 +78,7 @@ async def test_a_ppo_run_shows_health_and_samples_and_next_stage_prefills(demo_h
         await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.query("#runs-table"))
         app.screen.query_one("#runs-table").move_cursor(row=names.index("demo-ppo"))
         await pilot.press("n")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ChatScreen" and app.screen.loaded is not None,
-                       timeout=90)
+        await wait_for(
+            pilot, lambda: type(app.screen).__name__ == "ChatScreen" and app.screen.loaded is not None, timeout=90
+        )
         assert app.screen.loaded["model"] == str(demo_home / "runs" / "demo-ppo" / "final")

@@ -20,16 +20,20 @@ async def wait_for(pilot, cond, timeout=60.0):
             return
         await pilot.pause(0.2)
     app = pilot.app
-    raise AssertionError(f"timed out waiting; screen {type(app.screen).__name__} {getattr(app.screen, 'status', None)}, "
-                         f"notifications {[n.message for n in app._notifications]}")
+    raise AssertionError(
+        f"timed out waiting; screen {type(app.screen).__name__} {getattr(app.screen, 'status', None)}, "
+        f"notifications {[n.message for n in app._notifications]}"
+    )
 
 
 async def test_wizard_trains_cancels_resumes_and_lists_the_run(tiny_model, tmp_path):
     home = os.environ["COATI_TUI_HOME"]
     os.makedirs(f"{home}/presets")
     with open(f"{home}/presets/lora_small.toml", "w", encoding="utf-8") as f:
-        f.write('description = "小 LoRA for tests"\n[lora]\nrank = 4\n'
-                '[train]\nbatch_size = 2\naccumulation_steps = 1\nmax_len = 64\nmax_epochs = 10\n')
+        f.write(
+            'description = "小 LoRA for tests"\n[lora]\nrank = 4\n'
+            "[train]\nbatch_size = 2\naccumulation_steps = 1\nmax_len = 64\nmax_epochs = 10\n"
+        )
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
     app = CoatiApp(model=str(tiny_model))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -86,16 +90,44 @@ async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(
     from conftest import transformers_major
 
     from coati_tui.core import events
-
     from coati_tui.trainer.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", intermediate=256)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "coati_tui", "train", "sft", "--model", str(model), "--data", data,
-                           "--out", str(run), "--preset", "lora_naive", "--lora-rank", "4", "--batch-size", "2",
-                           "--accumulation-steps", "1", "--max-len", "64", "--max-steps", "4", "--save-interval", "2",
-                           "--json"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coati_tui",
+            "train",
+            "sft",
+            "--model",
+            str(model),
+            "--data",
+            data,
+            "--out",
+            str(run),
+            "--preset",
+            "lora_naive",
+            "--lora-rank",
+            "4",
+            "--batch-size",
+            "2",
+            "--accumulation-steps",
+            "1",
+            "--max-len",
+            "64",
+            "--max-steps",
+            "4",
+            "--save-interval",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     kept = [e for e in events.read(run / "events.jsonl") if e["type"] != "done" and e.get("step", 0) <= 3]
     kept.append(events.make("error", kind="cpu_oom", message="MemoryError: cannot allocate", log_tail=["..."]))
@@ -132,9 +164,20 @@ async def test_the_app_reattaches_to_a_run_that_kept_training(tiny_model, tmp_pa
     from coati_tui.host.build import build
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
-    cfg = build("sft", str(tiny_model), data, "lora_naive",
-                       {"lora.rank": 4, "train.batch_size": 2, "train.accumulation_steps": 1, "train.max_len": 64,
-                        "train.max_epochs": 50, "train.grad_checkpointing": False})
+    cfg = build(
+        "sft",
+        str(tiny_model),
+        data,
+        "lora_naive",
+        {
+            "lora.rank": 4,
+            "train.batch_size": 2,
+            "train.accumulation_steps": 1,
+            "train.max_len": 64,
+            "train.max_epochs": 50,
+            "train.grad_checkpointing": False,
+        },
+    )
     run = runs.prepare(cfg)
     proc = runs.launch(run, detached=True)  # the app that started it is gone
     deadline = time.monotonic() + 60

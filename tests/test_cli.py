@@ -9,8 +9,13 @@ from arch_configs import ARCHS
 
 
 def coati(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "coati_tui", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "120"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "coati_tui", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+        timeout=120,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -28,8 +33,10 @@ def test_profile_json_without_a_gpu():
 
 
 def test_profile_never_imports_torch():
-    code = ("import sys; from coati_tui.core import hardware; hardware.profile(); "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    code = (
+        "import sys; from coati_tui.core import hardware; hardware.profile(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -91,22 +98,57 @@ def test_the_flag_table_goes_both_ways():
     parses that command back to the same overrides, ColossalChat's spellings included."""
     from coati_tui.core import flags
 
-    values = {"lora.rank": 8, "train.batch_size": 16, "train.accumulation_steps": 2, "train.lr": 0.0003,
-              "train.max_epochs": 3, "train.max_len": 256, "train.grad_checkpointing": False, "ppo.kl_coef": 0.1,
-              "ppo.ptx_coef": 0.2, "ppo.clip_eps": 0.3, "ppo.value_clip": 0.4, "ppo.gamma": 0.99, "ppo.lam": 0.9,
-              "ppo.rollout_batch": 4, "ppo.max_new_tokens": 64, "ppo.temperature": 0.8, "ppo.top_k": 5,
-              "ppo.top_p": 0.9, "ppo.ppo_epochs": 1, "ppo.critic_lr": 1e-5, "ppo.whiten_advantages": False,
-              "ppo.reward_clip": 5.0}
+    values = {
+        "lora.rank": 8,
+        "train.batch_size": 16,
+        "train.accumulation_steps": 2,
+        "train.lr": 0.0003,
+        "train.max_epochs": 3,
+        "train.max_len": 256,
+        "train.grad_checkpointing": False,
+        "ppo.kl_coef": 0.1,
+        "ppo.ptx_coef": 0.2,
+        "ppo.clip_eps": 0.3,
+        "ppo.value_clip": 0.4,
+        "ppo.gamma": 0.99,
+        "ppo.lam": 0.9,
+        "ppo.rollout_batch": 4,
+        "ppo.max_new_tokens": 64,
+        "ppo.temperature": 0.8,
+        "ppo.top_k": 5,
+        "ppo.top_p": 0.9,
+        "ppo.ppo_epochs": 1,
+        "ppo.critic_lr": 1e-5,
+        "ppo.whiten_advantages": False,
+        "ppo.reward_clip": 5.0,
+    }
     assert set(values) == set(flags.BY_KEY)  # every row is exercised
     argv = flags.to_flags(values)
     assert argv[:4] == ["--lora-rank", "8", "--batch-size", "16"] and "--no-grad-checkpointing" in argv
     assert flags.overrides(_train_params("sft", *argv)) == values
     assert flags.to_flags({"train.grad_checkpointing": True, "lora.alpha": 16}) == ["--grad-checkpointing"]
-    colossal = _train_params("sft", "--batch_size", "2", "--lora_rank", "0", "--max_len", "64", "--grad_checkpoint",
-                             "--experience_batch_size", "3", "--kl_coef", "0.5")
-    assert flags.overrides(colossal) == {"lora.rank": 0, "train.batch_size": 2, "train.max_len": 64,
-                                         "train.grad_checkpointing": True, "ppo.kl_coef": 0.5,
-                                         "ppo.rollout_batch": 3}
+    colossal = _train_params(
+        "sft",
+        "--batch_size",
+        "2",
+        "--lora_rank",
+        "0",
+        "--max_len",
+        "64",
+        "--grad_checkpoint",
+        "--experience_batch_size",
+        "3",
+        "--kl_coef",
+        "0.5",
+    )
+    assert flags.overrides(colossal) == {
+        "lora.rank": 0,
+        "train.batch_size": 2,
+        "train.max_len": 64,
+        "train.grad_checkpointing": True,
+        "ppo.kl_coef": 0.5,
+        "ppo.rollout_batch": 3,
+    }
     assert flags.overrides(_train_params("sft")) == {}  # nothing given: the preset decides
 
 

@@ -46,13 +46,21 @@ def test_sft_formats_in_every_file_type(tmp_path):
 
 def test_preference_formats(tmp_path):
     recs = [
-        {"context": [{"from": "user", "content": "北京？"}], "chosen": [{"from": "assistant", "content": "首都。"}],
-         "rejected": [{"from": "assistant", "content": "不知道"}]},
+        {
+            "context": [{"from": "user", "content": "北京？"}],
+            "chosen": [{"from": "assistant", "content": "首都。"}],
+            "rejected": [{"from": "assistant", "content": "不知道"}],
+        },
         {"prompt": "北京？", "chosen": "首都。", "rejected": "不知道"},
-        {"prompt": [{"role": "user", "content": "北京？"}], "chosen": [{"role": "assistant", "content": "首都。"}],
-         "rejected": [{"role": "assistant", "content": "不知道"}]},
-        {"chosen": [{"role": "user", "content": "北京？"}, {"role": "assistant", "content": "首都。"}],
-         "rejected": [{"role": "user", "content": "北京？"}, {"role": "assistant", "content": "不知道"}]},
+        {
+            "prompt": [{"role": "user", "content": "北京？"}],
+            "chosen": [{"role": "assistant", "content": "首都。"}],
+            "rejected": [{"role": "assistant", "content": "不知道"}],
+        },
+        {
+            "chosen": [{"role": "user", "content": "北京？"}, {"role": "assistant", "content": "首都。"}],
+            "rejected": [{"role": "user", "content": "北京？"}, {"role": "assistant", "content": "不知道"}],
+        },
     ]
     pairs = load_preferences(write_jsonl(tmp_path / "p.jsonl", recs))
     for p in pairs:
@@ -65,16 +73,32 @@ def test_preference_formats(tmp_path):
     "lines, where, field, words",
     [
         ([json.dumps({"messages": CHAT}), "{not json"], "line 2", None, "not valid JSON"),
-        ([json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]})],
-         "line 1", "messages[1]", 'needs "content"'),
-        ([json.dumps({"messages": CHAT}), json.dumps({"messages": [{"role": "老师", "content": "x"}]})],
-         "line 2", "messages[0].role", "unknown role"),
+        (
+            [json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]})],
+            "line 1",
+            "messages[1]",
+            'needs "content"',
+        ),
+        (
+            [json.dumps({"messages": CHAT}), json.dumps({"messages": [{"role": "老师", "content": "x"}]})],
+            "line 2",
+            "messages[0].role",
+            "unknown role",
+        ),
         ([json.dumps({"instruction": "x"})], "line 1", "output", "needs an output"),
         ([json.dumps({"text": "x"})], "line 1", None, "not an SFT record"),
-        ([json.dumps({"messages": [{"role": "user", "content": "only a question"}]})], "line 1", "messages",
-         "no assistant message"),
-        ([json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]})],
-         "line 1", "messages[0].content", "expected text"),
+        (
+            [json.dumps({"messages": [{"role": "user", "content": "only a question"}]})],
+            "line 1",
+            "messages",
+            "no assistant message",
+        ),
+        (
+            [json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]})],
+            "line 1",
+            "messages[0].content",
+            "expected text",
+        ),
     ],
 )
 def test_malformed_sft_names_file_line_and_field(tmp_path, lines, where, field, words):
@@ -108,11 +132,17 @@ def test_prompts_in_every_accepted_form(tmp_path):
     from coati_tui.data.formats import DataError, load_prompts, sniff
 
     jsonl = tmp_path / "p.jsonl"
-    jsonl.write_text("\n".join([
-        '{"messages": [{"from": "user", "content": "请列出三种水果。"}, {"from": "assistant", "content": "苹果"}]}',
-        '{"prompt": "List three fruits."}',
-        '{"instruction": "Translate", "input": "你好"}',
-    ]) + "\n", encoding="utf-8")
+    jsonl.write_text(
+        "\n".join(
+            [
+                '{"messages": [{"from": "user", "content": "请列出三种水果。"}, {"from": "assistant", "content": "苹果"}]}',  # noqa: E501
+                '{"prompt": "List three fruits."}',
+                '{"instruction": "Translate", "input": "你好"}',
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     got = load_prompts(jsonl)
     assert got[0] == [{"role": "user", "content": "请列出三种水果。"}]  # a trailing answer is dropped
     assert got[1] == [{"role": "user", "content": "List three fruits."}]

@@ -15,13 +15,29 @@ from coati_tui.core import events
 
 torch = pytest.importorskip("torch")
 
-SMALL = ["--batch-size", "4", "--accumulation-steps", "1", "--max-len", "64", "--lora-rank", "8", "--lr", "3e-3",
-         "--eval-split", "0.2"]
+SMALL = [
+    "--batch-size",
+    "4",
+    "--accumulation-steps",
+    "1",
+    "--max-len",
+    "64",
+    "--lora-rank",
+    "8",
+    "--lr",
+    "3e-3",
+    "--eval-split",
+    "0.2",
+]
 
 
 def train(stage, *args, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "coati_tui", "train", stage, *args, "--json"], capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "coati_tui", "train", stage, *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, [e for e in map(events.parse, proc.stdout.splitlines()) if e]
 
 
@@ -84,8 +100,14 @@ def test_simpo_and_orpo_equal_trls_losses_on_the_same_log_probs():
     g = torch.Generator().manual_seed(0)
     n_c, n_r = torch.randint(1, 20, (8,), generator=g).double(), torch.randint(1, 20, (8,), generator=g).double()
     c, r = -torch.rand(8, generator=g).double() * n_c, -torch.rand(8, generator=g).double() * n_r * 2
-    trl_self = SimpleNamespace(loss_type="simpo", beta=2.0, simpo_gamma=0.7, label_smoothing=0.1, alpha=0.0,
-                               accelerator=SimpleNamespace(device="cpu"))
+    trl_self = SimpleNamespace(
+        loss_type="simpo",
+        beta=2.0,
+        simpo_gamma=0.7,
+        label_smoothing=0.1,
+        alpha=0.0,
+        accelerator=SimpleNamespace(device="cpu"),
+    )
     theirs, t_c, t_r = CPOTrainer.cpo_loss(trl_self, c / n_c, r / n_r)
     ours, o_c, o_r = P.simpo(c, r, n_c, n_r, 2.0, 0.7, 0.1)
     assert torch.allclose(ours, theirs, atol=1e-5) and torch.allclose(o_c, t_c) and torch.allclose(o_r, t_r)
@@ -116,15 +138,33 @@ def test_dpo_and_ipo_equal_trl_on_the_same_batch(loss, tiny_model, tmp_path):
     pairs = [formats.preference_pair(r) for r in preference_records(8)]
     examples, _ = prepare_preferences(tok, pairs, 64)
     preset = presets.load("lora_naive").with_overrides({"dpo.loss": loss})
-    trl_args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=preset.dpo.beta, loss_type=[loss], report_to=[],
-                         use_cpu=True, per_device_train_batch_size=2, max_length=64)
-    dummy = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
-                                "chosen": [{"role": "assistant", "content": "a"}],
-                                "rejected": [{"role": "assistant", "content": "b"}]}] * 2)
+    trl_args = DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        beta=preset.dpo.beta,
+        loss_type=[loss],
+        report_to=[],
+        use_cpu=True,
+        per_device_train_batch_size=2,
+        max_length=64,
+    )
+    dummy = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            }
+        ]
+        * 2
+    )
     torch.manual_seed(0)
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=trl_args, train_dataset=dummy,
-                         processing_class=tok,
-                         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=trl_args,
+        train_dataset=dummy,
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
+    )
     model = trainer.model
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -137,8 +177,15 @@ def test_dpo_and_ipo_equal_trl_on_the_same_batch(loss, tiny_model, tmp_path):
     batch = ours.collate([PrefItem(c, r, i) for i, (c, r) in enumerate(examples)])
     with torch.no_grad():
         mine, metrics = ours.pair_loss(batch)
-        theirs = trainer._compute_loss(model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                                               "completion_mask": (batch["labels"] != -100).long()}, False)
+        theirs = trainer._compute_loss(
+            model,
+            {
+                "input_ids": batch["input_ids"],
+                "attention_mask": batch["attention_mask"],
+                "completion_mask": (batch["labels"] != -100).long(),
+            },
+            False,
+        )
     assert abs(float(mine) - float(theirs)) < 1e-5, (float(mine), float(theirs))
     assert abs(float(mine) - (math.log(2) if loss == "sigmoid" else 25.0)) > 1e-3  # policy != reference
 
@@ -146,10 +193,22 @@ def test_dpo_and_ipo_equal_trl_on_the_same_batch(loss, tiny_model, tmp_path):
 def test_dpo_learns_a_bilingual_preference_and_its_output_loads(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(60))
     out = tmp_path / "dpo"
-    proc, evs = train("dpo", "--model", str(tiny_model), "--data", data, "--out", str(out), *SMALL,
-                      "--max-epochs", "3", "--beta", "0.1")
+    proc, evs = train(
+        "dpo",
+        "--model",
+        str(tiny_model),
+        "--data",
+        data,
+        "--out",
+        str(out),
+        *SMALL,
+        "--max-epochs",
+        "3",
+        "--beta",
+        "0.1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    start, = of(evs, "start")
+    (start,) = of(evs, "start")
     assert start["loss_type"] == "sigmoid" and start["reference"] == "adapters_off"
     steps = of(evs, "step")
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the first step
@@ -205,10 +264,21 @@ def test_precomputed_reference_equals_adapters_off_and_resume_repeats_the_run(ti
 def test_simpo_and_orpo_train_without_a_reference(method, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(40))
     stage, extra = ("dpo", ["--loss", "simpo", "--beta", "2.0"]) if method == "simpo" else ("orpo", [])
-    proc, evs = train(stage, "--model", str(tiny_model), "--data", data, "--out", str(tmp_path / method), *SMALL,
-                      "--max-epochs", "2", *extra)
+    proc, evs = train(
+        stage,
+        "--model",
+        str(tiny_model),
+        "--data",
+        data,
+        "--out",
+        str(tmp_path / method),
+        *SMALL,
+        "--max-epochs",
+        "2",
+        *extra,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    start, = of(evs, "start")
+    (start,) = of(evs, "start")
     assert start["reference"] == "none" and start["loss_type"] == method
     assert "kl" not in of(evs, "step")[-1]
     if method == "orpo":
@@ -230,8 +300,9 @@ def test_the_rank_panes_store_is_training_data(tiny_model, tmp_path):
         s.judge(pair, "B" if i % 2 else "A", "ann")  # the good answer, wherever it was shown
     s.close()
     out = tmp_path / "run"
-    proc, evs = train("dpo", "--model", str(tiny_model), "--data", str(store), "--out", str(out), *SMALL,
-                      "--max-steps", "2")
+    proc, evs = train(
+        "dpo", "--model", str(tiny_model), "--data", str(store), "--out", str(out), *SMALL, "--max-steps", "2"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert of(evs, "start")[0]["data"]["examples"] == 24
     assert list(out.glob("prefs-*.jsonl"))  # the labels as they were at the start: resume trains on the same
@@ -239,8 +310,10 @@ def test_the_rank_panes_store_is_training_data(tiny_model, tmp_path):
 
 def test_malformed_preference_rows_stop_before_a_run_folder(tiny_model, tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "你好", "chosen": "你好！", "rejected": "滚"}\n'
-                    '{"prompt": "hi", "chosen": "hello"}\n', encoding="utf-8")
+    path.write_text(
+        '{"prompt": "你好", "chosen": "你好！", "rejected": "滚"}\n{"prompt": "hi", "chosen": "hello"}\n',
+        encoding="utf-8",
+    )
     proc, evs = train("dpo", "--model", str(tiny_model), "--data", str(path), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and evs == []
     assert f"{path}: line 2, field 'rejected'" in proc.stderr and "Traceback" not in proc.stderr
@@ -253,8 +326,13 @@ def test_demo_method_dpo_raises_the_true_score(tmp_path):
     import os
 
     home = tmp_path / "home"
-    proc = subprocess.run([sys.executable, "-m", "coati_tui", "demo", "--method", "dpo", "--out", str(tmp_path / "d")],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "COATI_TUI_HOME": str(home)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "coati_tui", "demo", "--method", "dpo", "--out", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COATI_TUI_HOME": str(home)},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["true_score_dpo"] > summary["true_score_sft"], summary
@@ -277,10 +355,11 @@ def _unpaired(n):
 def test_kto_learns_from_answers_labelled_one_at_a_time(source, tiny_model, tmp_path):
     records = _unpaired(60) if source == "unpaired" else preference_records(30)  # a pair gives one of each
     data = write_jsonl(tmp_path / "kto.jsonl", records)
-    proc, evs = train("kto", "--model", str(tiny_model), "--data", data, "--out", str(tmp_path / "kto"), *SMALL,
-                      "--max-epochs", "3")
+    proc, evs = train(
+        "kto", "--model", str(tiny_model), "--data", data, "--out", str(tmp_path / "kto"), *SMALL, "--max-epochs", "3"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    start, = of(evs, "start")
+    (start,) = of(evs, "start")
     assert start["data"]["examples"] == 60 and start["data"]["desirable"] == 30 and start["reference"] == "adapters_off"
     assert of(evs, "step")[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # 1 - sigmoid(0) at the reference
     final = of(evs, "eval")[-1]["metrics"]
@@ -289,8 +368,11 @@ def test_kto_learns_from_answers_labelled_one_at_a_time(source, tiny_model, tmp_
 
 def test_kto_rows_with_a_bad_label_stop_before_a_run_folder(tiny_model, tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "你好", "completion": "你好！", "label": true}\n'
-                    '{"prompt": "hi", "completion": "hello", "label": "maybe"}\n', encoding="utf-8")
+    path.write_text(
+        '{"prompt": "你好", "completion": "你好！", "label": true}\n'
+        '{"prompt": "hi", "completion": "hello", "label": "maybe"}\n',
+        encoding="utf-8",
+    )
     proc, evs = train("kto", "--model", str(tiny_model), "--data", str(path), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and evs == []
     assert f"{path}: line 2, field 'label'" in proc.stderr and "Traceback" not in proc.stderr
@@ -304,10 +386,23 @@ def test_dpo_under_torchrun_two_processes(reference, tiny_model, tmp_path):
 
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(40))
     extra = ["--precompute-ref"] if reference == "precomputed" else []
-    proc, evs = train("dpo", "--model", str(tiny_model), "--data", data, "--out", str(tmp_path / "ddp"), *SMALL,
-                      "--nproc-per-node", "2", "--max-epochs", "1", *extra)
+    proc, evs = train(
+        "dpo",
+        "--model",
+        str(tiny_model),
+        "--data",
+        data,
+        "--out",
+        str(tmp_path / "ddp"),
+        *SMALL,
+        "--nproc-per-node",
+        "2",
+        "--max-epochs",
+        "1",
+        *extra,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    start, = of(evs, "start")
+    (start,) = of(evs, "start")
     assert start["strategy"] == ("colossalai_ddp" if importlib.util.find_spec("colossalai") else "naive+ddp")
     assert start["reference"] == reference and start["total_steps"] == 32 // 4 // 2
     assert of(evs, "done")[0]["status"] == "completed"

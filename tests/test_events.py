@@ -9,12 +9,24 @@ from coati_tui.host import runs
 
 
 def test_make_checks_required_fields_and_kinds():
-    ev = events.make("step", step=1, total_steps=2, epoch=0, loss=1.5, lr=1e-4, tokens_per_s=10.0,
-                     samples_per_s=1.0, eta_s=3.0, cpu_rss=1, accuracy=0.5)
+    ev = events.make(
+        "step",
+        step=1,
+        total_steps=2,
+        epoch=0,
+        loss=1.5,
+        lr=1e-4,
+        tokens_per_s=10.0,
+        samples_per_s=1.0,
+        eta_s=3.0,
+        cpu_rss=1,
+        accuracy=0.5,
+    )
     assert ev["v"] == events.VERSION and ev["type"] == "step" and ev["accuracy"] == 0.5
     with pytest.raises(events.EventError, match="lacks loss"):
-        events.make("step", step=1, total_steps=2, epoch=0, lr=1e-4, tokens_per_s=1, samples_per_s=1, eta_s=1,
-                    cpu_rss=1)
+        events.make(
+            "step", step=1, total_steps=2, epoch=0, lr=1e-4, tokens_per_s=1, samples_per_s=1, eta_s=1, cpu_rss=1
+        )
     with pytest.raises(events.EventError, match="error kind"):
         events.make("error", kind="oops", message="x", log_tail=[])
     with pytest.raises(events.EventError, match="unknown event type"):
@@ -38,8 +50,17 @@ def test_emitter_writes_file_and_echo_and_parse_skips_noise(tmp_path):
 def test_run_status_from_files(tmp_path):
     emit = events.Emitter(tmp_path / "events.jsonl")
     assert runs.status(tmp_path)["status"] == "unknown"
-    emit("start", stage="rm", config={}, params=1, trainable_params=1, strategy="naive", device="cpu",
-         precision="fp32", total_steps=2)
+    emit(
+        "start",
+        stage="rm",
+        config={},
+        params=1,
+        trainable_params=1,
+        strategy="naive",
+        device="cpu",
+        precision="fp32",
+        total_steps=2,
+    )
     assert runs.status(tmp_path)["status"] == "stopped"  # events but no live trainer
     (tmp_path / "pid").write_text(str(os.getpid()))
     assert runs.status(tmp_path)["status"] == "running"
@@ -52,39 +73,77 @@ def test_run_status_from_files(tmp_path):
 def test_launch_commands():
     one = runs.command("/r")
     assert one[1:] == ["-m", "coati_tui.train", "/r"]
-    many = runs.command("/r", runs.Launch(nproc_per_node=4, nnodes=2, node_rank=1, master_addr="10.0.0.1",
-                                          master_port=29400))
+    many = runs.command(
+        "/r", runs.Launch(nproc_per_node=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29400)
+    )
     assert "torch.distributed.run" in many and "--nproc-per-node=4" in many and "--nnodes=2" in many
     assert "--master-port=29400" in many and "--node-rank=1" in many
     assert many[-2:] == ["coati_tui.train", "/r"]
 
 
 def _step(**extra):
-    return events.make("step", step=3, total_steps=10, epoch=0, loss=0.4321, lr=1e-4, tokens_per_s=1234.4,
-                       samples_per_s=2.0, eta_s=5.0, cpu_rss=3 * 2**30, **extra)
+    return events.make(
+        "step",
+        step=3,
+        total_steps=10,
+        epoch=0,
+        loss=0.4321,
+        lr=1e-4,
+        tokens_per_s=1234.4,
+        samples_per_s=2.0,
+        eta_s=5.0,
+        cpu_rss=3 * 2**30,
+        **extra,
+    )
 
 
 def test_describe_reads_every_event_as_one_line():
     d = events.describe
-    assert d(events.make("start", stage="rm", config={}, params=1, trainable_params=1, strategy="naive",
-                         device="cpu", precision="fp32", total_steps=2)) == "rm · naive · cpu"
+    assert (
+        d(
+            events.make(
+                "start",
+                stage="rm",
+                config={},
+                params=1,
+                trainable_params=1,
+                strategy="naive",
+                device="cpu",
+                precision="fp32",
+                total_steps=2,
+            )
+        )
+        == "rm · naive · cpu"
+    )
     assert d(_step()) == "loss 0.4321 · 1234 tok/s · RAM 3.0 GiB"
-    assert d(events.make("eval", step=4, metrics={"accuracy": 0.91234, "loss": 0.5})) == \
-        "eval @ 4: accuracy 0.9123, loss 0.5"
+    assert (
+        d(events.make("eval", step=4, metrics={"accuracy": 0.91234, "loss": 0.5}))
+        == "eval @ 4: accuracy 0.9123, loss 0.5"
+    )
     assert d(events.make("checkpoint", step=4, path="/r/checkpoints/step-4")) == "checkpoint /r/checkpoints/step-4"
-    assert d(events.make("sample", step=10, prompt="请列出三种水果。", response="樱桃、桃子。", reward=4.7)) == \
-        "sample @10 请列出三种水果。 → 樱桃、桃子。  (reward +4.700)"
+    assert (
+        d(events.make("sample", step=10, prompt="请列出三种水果。", response="樱桃、桃子。", reward=4.7))
+        == "sample @10 请列出三种水果。 → 樱桃、桃子。  (reward +4.700)"
+    )
     assert d(events.make("sample", step=10, prompt="p", response="r")) == "sample @10 p → r"  # no reward: none shown
     assert d(events.make("log", level="info", message="数据：48 条")) == "数据：48 条"
     assert d(events.make("done", status="completed", step=30, final="/r/final")) == "completed at step 30: /r/final"
-    assert d(events.make("done", status="cancelled", step=5, resume="coati-tui train sft --resume /r")) == \
-        "cancelled at step 5: coati-tui train sft --resume /r"
-    assert d(events.make("error", kind="gpu_oom", message="CUDA out of memory", log_tail=[])) == \
-        "gpu_oom: CUDA out of memory"
-    assert d(events.make("loaded", model="/m", device="cpu", dtype="fp32", quant="4bit", memory_bytes=2**20,
-                         load_s=1.25)) == "loaded /m · cpu · fp32 · 4bit · 1.0 MiB in 1.2 s"
-    assert d(events.make("answer", id="1", text="hi", tokens=8, tokens_per_s=40.0, stop="max_new_tokens")) == \
-        "answer: 8 tokens, 40.0 tok/s (max new tokens)"
+    assert (
+        d(events.make("done", status="cancelled", step=5, resume="coati-tui train sft --resume /r"))
+        == "cancelled at step 5: coati-tui train sft --resume /r"
+    )
+    assert (
+        d(events.make("error", kind="gpu_oom", message="CUDA out of memory", log_tail=[]))
+        == "gpu_oom: CUDA out of memory"
+    )
+    assert (
+        d(events.make("loaded", model="/m", device="cpu", dtype="fp32", quant="4bit", memory_bytes=2**20, load_s=1.25))
+        == "loaded /m · cpu · fp32 · 4bit · 1.0 MiB in 1.2 s"
+    )
+    assert (
+        d(events.make("answer", id="1", text="hi", tokens=8, tokens_per_s=40.0, stop="max_new_tokens"))
+        == "answer: 8 tokens, 40.0 tok/s (max new tokens)"
+    )
     assert d({"v": 1, "type": "party", "time": 0, "guests": 3}) == "party: guests 3"  # a newer child's event
 
 

@@ -18,8 +18,13 @@ MB = 2**20
 
 
 def cli(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "coati_tui", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "coati_tui", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +76,9 @@ def test_streams_an_answer_and_can_be_cancelled(wide_model, tmp_path):
         assert "".join(tokens) == answer["text"] and 0 < answer["tokens"] <= 12
         assert answer["stop"] in ("end_token", "max_new_tokens")
         # a long answer, cancelled after its first piece: the worker stops it and serves the next request
-        client.generate([{"role": "user", "content": "Say thanks."}], rid="r", max_new_tokens=5000, temperature=1.0,
-                        seed=1)
+        client.generate(
+            [{"role": "user", "content": "Say thanks."}], rid="r", max_new_tokens=5000, temperature=1.0, seed=1
+        )
         first = read_until(stream, {"token", "answer"})[-1]
         assert client.cancel("r")
         answer = first if first["type"] == "answer" else read_until(stream, {"answer"})[-1]
@@ -89,8 +95,13 @@ def test_streams_an_answer_and_can_be_cancelled(wide_model, tmp_path):
 
 def test_a_request_names_only_sampling_settings():
     req = generate_request("7", [{"role": "user", "content": "嗨"}], temperature=0.5, seed=None)
-    assert req == {"op": "generate", "id": "7", "messages": [{"role": "user", "content": "嗨"}], "temperature": 0.5,
-                   "seed": None}
+    assert req == {
+        "op": "generate",
+        "id": "7",
+        "messages": [{"role": "user", "content": "嗨"}],
+        "temperature": 0.5,
+        "seed": None,
+    }
     with pytest.raises(TypeError, match="temprature"):
         generate_request("7", [], temprature=0.5)
     with pytest.raises(ValueError, match="quant"):
@@ -131,8 +142,19 @@ def test_a_worker_that_dies_ends_with_a_crash_event_and_its_stderr(tiny_model, t
 def test_cli_generate_streams_through_megabytes_of_stderr(tiny_model):
     """`coati-tui generate MODEL --quant 8bit` on a CPU hung forever (see above); the same flood, made on
     purpose, from the CLI: it answers, and the worker's stderr is in ~/coati-tui/logs/generate.log."""
-    proc = cli("generate", str(tiny_model), "--prompt", "hi", "--max-new-tokens", "4", "--temperature", "0", "--json",
-               env={NOISE_ENV: str(4 * MB)}, timeout=120)
+    proc = cli(
+        "generate",
+        str(tiny_model),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+        env={NOISE_ENV: str(4 * MB)},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [e for e in map(events.parse, proc.stdout.splitlines()) if e][-1]["type"] == "answer"
     log = paths.home() / "logs" / "generate.log"
@@ -143,8 +165,22 @@ def test_cli_generate_8bit_on_cpu_answers_at_length(wide_model):
     """The real thing where the stack allows it: hundreds of 8-bit matmuls, each with its warning."""
     if transformers_major() < 5:
         pytest.skip("bitsandbytes on CPU needs transformers 5")
-    proc = cli("generate", str(wide_model), "--prompt", "你好", "--quant", "8bit", "--max-new-tokens", "200",
-               "--temperature", "1", "--seed", "3", "--json", timeout=240)
+    proc = cli(
+        "generate",
+        str(wide_model),
+        "--prompt",
+        "你好",
+        "--quant",
+        "8bit",
+        "--max-new-tokens",
+        "200",
+        "--temperature",
+        "1",
+        "--seed",
+        "3",
+        "--json",
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     answer = [e for e in map(events.parse, proc.stdout.splitlines()) if e][-1]
     assert answer["type"] == "answer" and answer["tokens"] > 0
@@ -152,8 +188,19 @@ def test_cli_generate_8bit_on_cpu_answers_at_length(wide_model):
 
 @pytest.mark.parametrize("quant", ["4bit", "8bit"])
 def test_quantized_loads_on_cpu_where_the_stack_allows(wide_model, quant):
-    proc = cli("generate", str(wide_model), "--prompt", "你好", "--quant", quant, "--max-new-tokens", "4",
-               "--temperature", "0", "--json")
+    proc = cli(
+        "generate",
+        str(wide_model),
+        "--prompt",
+        "你好",
+        "--quant",
+        quant,
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+    )
     evs = [e for e in map(events.parse, proc.stdout.splitlines()) if e]
     if transformers_major() < 5:  # bitsandbytes on CPU needs transformers 5: one clear error
         err = evs[-1]
@@ -172,7 +219,8 @@ def test_full_precision_footprint_is_larger_than_4bit(wide_model):
     for quant in ("none", "4bit"):
         proc = cli("generate", str(wide_model), "--prompt", "hi", "--quant", quant, "--max-new-tokens", "1", "--json")
         sizes[quant] = next(e for e in map(events.parse, proc.stdout.splitlines()) if e and e["type"] == "loaded")[
-            "memory_bytes"]
+            "memory_bytes"
+        ]
     assert sizes["4bit"] < sizes["none"]
 
 
@@ -193,11 +241,13 @@ def test_stop_asks_workers_to_quit_and_kills_one_that_will_not(tmp_path):
     from coati_tui.host.gen_client import stop
 
     def child(code: str):
-        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, bufsize=1)
+        return subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
 
-    obeys = child("import json, sys\nfor line in sys.stdin:\n    if json.loads(line)['op'] == 'quit':\n"
-                  "        sys.exit(3)\n")
+    obeys = child(
+        "import json, sys\nfor line in sys.stdin:\n    if json.loads(line)['op'] == 'quit':\n        sys.exit(3)\n"
+    )
     ignores = child("import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\ntime.sleep(600)\n")
     assert ignores.stdout.readline().strip() == "ready"
     done = child("pass")

@@ -26,8 +26,11 @@ def test_param_count_matches_meta_instantiation(name):
     assert arch.param_count("lm") == sum(p.numel() for p in lm.parameters())
     assert arch.param_count("score") == sum(p.numel() for p in rm.parameters())
     # the quantizable part is exactly the decoder layers' Linear modules
-    linear = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
-                 for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and "layers." in n)
+    linear = sum(
+        m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+        for n, m in lm.named_modules()
+        if isinstance(m, torch.nn.Linear) and "layers." in n
+    )
     assert arch.linear_params_total == linear
 
 

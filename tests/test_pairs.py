@@ -67,8 +67,12 @@ def test_a_worker_that_dies_is_named_and_its_requests_dropped(tmp_path):
 def test_chat_prompts_are_every_user_turn_with_what_came_before():
     folder = chats.chats_dir()
     folder.mkdir(parents=True)
-    lines = [{"model": "/m", "system": "简短"}, {"role": "user", "content": "你好"},
-             {"role": "assistant", "content": "嗨"}, {"role": "user", "content": "再见"}]
+    lines = [
+        {"model": "/m", "system": "简短"},
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "嗨"},
+        {"role": "user", "content": "再见"},
+    ]
     (folder / "chat-1.jsonl").write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), encoding="utf-8")
     (folder / "worker.log").write_text("noise")
     got = chats.chat_prompts()

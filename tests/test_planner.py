@@ -89,15 +89,23 @@ def test_stage_filter_and_seq_len_override():
 
 
 def _this_machine(gpus, stacks):
-    prof = Profile(gpus=gpus, cpu=CPU(64 * GIB, 60 * GIB, 8, 16), disk_free_bytes=10**12, disk_path="/",
-                   stacks=stacks, nvml_error=None if gpus else "NVML Shared Library Not Found")
+    prof = Profile(
+        gpus=gpus,
+        cpu=CPU(64 * GIB, 60 * GIB, 8, 16),
+        disk_free_bytes=10**12,
+        disk_path="/",
+        stacks=stacks,
+        nvml_error=None if gpus else "NVML Shared Library Not Found",
+    )
     return planner.Machine.from_profile(prof)
 
 
-CPU_STACKS = {"torch": {"installed": True, "version": "2.13.0+cpu", "cuda_build": False},
-              "transformers": {"installed": True, "version": "5.2.0"},
-              "bitsandbytes": {"installed": True, "version": "0.48.0"},
-              "colossalai": {"installed": False, "version": None}}
+CPU_STACKS = {
+    "torch": {"installed": True, "version": "2.13.0+cpu", "cuda_build": False},
+    "transformers": {"installed": True, "version": "5.2.0"},
+    "bitsandbytes": {"installed": True, "version": "0.48.0"},
+    "colossalai": {"installed": False, "version": None},
+}
 
 
 def test_no_gpu_marks_cuda_presets_unavailable_with_fix():

@@ -10,9 +10,13 @@ from coati_tui.trainer.ppo import math as M
 
 def test_response_mask_stops_after_the_first_stop_token_and_drops_padding():
     end, pad = 2, 0
-    tokens = torch.tensor([[5, 6, 2, 0, 0],   # stops at column 2: the stop token counts, padding does not
-                           [5, 2, 7, 2, 0],   # anything after the first stop is out
-                           [5, 6, 7, 8, 9]])  # never stopped (max_new_tokens): all in
+    tokens = torch.tensor(
+        [
+            [5, 6, 2, 0, 0],  # stops at column 2: the stop token counts, padding does not
+            [5, 2, 7, 2, 0],  # anything after the first stop is out
+            [5, 6, 7, 8, 9],
+        ]
+    )  # never stopped (max_new_tokens): all in
     mask = M.response_mask(tokens, [end], pad)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
     assert M.last_index(mask).tolist() == [2, 1, 4]
@@ -43,7 +47,7 @@ def test_gae_by_hand():
     values = torch.tensor([[0.5, 0.4, 0.3, 9.0]])  # the padded column's value must be ignored
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     adv, ret = M.gae(rewards, values, mask, gamma=0.9, lam=0.8)
-    d2 = 1.0 - 0.3                      # last token: no next value
+    d2 = 1.0 - 0.3  # last token: no next value
     d1 = 0.0 + 0.9 * 0.3 - 0.4
     d0 = 0.0 + 0.9 * 0.4 - 0.5
     a2 = d2
@@ -85,7 +89,7 @@ def test_whitening_and_masked_mean_ignore_padding():
     assert float(M.masked_mean(x, mask)) == pytest.approx(2.5)
     w = M.masked_whiten(x, mask)
     assert float(M.masked_mean(w, mask)) == pytest.approx(0.0, abs=1e-6)
-    assert float(M.masked_mean(w ** 2, mask)) == pytest.approx(1.0, rel=1e-4)
+    assert float(M.masked_mean(w**2, mask)) == pytest.approx(1.0, rel=1e-4)
     assert w[0, 2] == 0 and w[1, 2] == 0
 
 

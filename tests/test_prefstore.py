@@ -11,8 +11,7 @@ import textwrap
 
 import pytest
 
-from coati_tui.data import prefstore
-from coati_tui.data import formats
+from coati_tui.data import formats, prefstore
 from coati_tui.data.prefstore import Store, StoreError
 
 ZH = [{"role": "user", "content": "请列出三种水果。"}]
@@ -46,9 +45,11 @@ def test_judgments_undo_stats_and_preferences(tmp_path):
     assert (st["labeled"], st["A"], st["B"], st["tie"], st["skip"], st["pairs"]) == (3, 1, 1, 1, 1, 4)
     records, left_out = s.preferences()
     assert left_out == {"tie": 1, "skip": 1, "conflict": 0}
-    assert records[0] == {"context": [{"from": "user", "content": "请列出三种水果。"}],
-                          "chosen": [{"from": "assistant", "content": "苹果、香蕉、橙子"}],
-                          "rejected": [{"from": "assistant", "content": "石头"}]}
+    assert records[0] == {
+        "context": [{"from": "user", "content": "请列出三种水果。"}],
+        "chosen": [{"from": "assistant", "content": "苹果、香蕉、橙子"}],
+        "rejected": [{"from": "assistant", "content": "石头"}],
+    }
     assert records[1]["context"][0] == {"from": "system", "content": "Be brief."}
     assert records[1]["chosen"][0]["content"] == "apple, pear, fig"
     assert s.pending("ann") == [] and s.pending("other") == [p1, p2, p3, p4]
@@ -82,12 +83,17 @@ def test_export_both_formats_and_the_trainer_reads_the_store(tmp_path):
     s.close()
     n, left_out = prefstore.export(tmp_path / "p.sqlite", "trl", tmp_path / "trl.jsonl")
     trl = [json.loads(x) for x in (tmp_path / "trl.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert n == 2 and trl[0] == {"prompt": ZH, "chosen": [{"role": "assistant", "content": "苹果、香蕉、橙子"}],
-                                 "rejected": [{"role": "assistant", "content": "石头"}]}
+    assert n == 2 and trl[0] == {
+        "prompt": ZH,
+        "chosen": [{"role": "assistant", "content": "苹果、香蕉、橙子"}],
+        "rejected": [{"role": "assistant", "content": "石头"}],
+    }
     # the same pairs through every reader: the store itself, and both export files
     direct = formats.load_preferences(tmp_path / "p.sqlite")
     prefstore.export(tmp_path / "p.sqlite", "coati", tmp_path / "coati.jsonl")
-    assert formats.load_preferences(tmp_path / "coati.jsonl") == direct == formats.load_preferences(tmp_path / "trl.jsonl")
+    assert (
+        formats.load_preferences(tmp_path / "coati.jsonl") == direct == formats.load_preferences(tmp_path / "trl.jsonl")
+    )
     assert formats.sniff(tmp_path / "p.sqlite")[:2] == ("preferences", 2)
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "coati.jsonl"), split="train")
@@ -108,8 +114,8 @@ def test_cli_export_counts_and_errors(tmp_path):
 
 
 def test_runs_snapshot_the_store_at_their_start(tmp_path, tiny_model):
-    from coati_tui.host import runs
     from coati_tui.core.run_config import RunConfig
+    from coati_tui.host import runs
     from coati_tui.host.build import build
 
     s, (p1, *_) = filled(tmp_path / "p.sqlite")
@@ -128,8 +134,7 @@ def test_migrations_bring_an_old_file_up_to_date_and_keep_its_rows(tmp_path):
     for stmt in filter(str.strip, prefstore.MIGRATIONS[0].split(";")):
         db.execute(stmt)
     db.execute("INSERT INTO coati_meta VALUES ('app', ?)", (prefstore.APP,))
-    db.execute("INSERT INTO prompts(messages, source, created) VALUES (?, 'typed', 0)",
-               (prefstore.prompt_key(ZH),))
+    db.execute("INSERT INTO prompts(messages, source, created) VALUES (?, 'typed', 0)", (prefstore.prompt_key(ZH),))
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -179,7 +184,8 @@ WRITER = textwrap.dedent("""
     who, n = sys.argv[2], int(sys.argv[3])
     prompt = s.add_prompt([{"role": "user", "content": "题目 " + who}], "typed")
     for i in range(n):
-        pair = s.add_pair(prompt, {"text": f"{who} a{i}", "model": who}, {"text": f"{who} b{i}", "model": who}, i % 2 == 0)
+        a, b = {"text": f"{who} a{i}", "model": who}, {"text": f"{who} b{i}", "model": who}
+        pair = s.add_pair(prompt, a, b, i % 2 == 0)
         cid = s.judge(pair, "AB"[i % 2], who)
         print(cid, pair, flush=True)  # printed only after the judgment was committed
 """)
@@ -193,8 +199,9 @@ def test_kill_9_loses_no_submitted_judgment(tmp_path):
     script.write_text(WRITER, encoding="utf-8")
     reported = []
     for round_, kill_after in enumerate((1, 7, 40)):
-        proc = subprocess.Popen([sys.executable, str(script), str(path), f"w{round_}", "100000"],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path), f"w{round_}", "100000"], stdout=subprocess.PIPE, text=True
+        )
         for _ in range(kill_after):
             reported.append(tuple(map(int, proc.stdout.readline().split())))
         os.kill(proc.pid, signal.SIGKILL)
@@ -212,8 +219,10 @@ def test_two_processes_writing_one_file_do_not_corrupt_it(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER, encoding="utf-8")
     Store(path).close()
-    procs = [subprocess.Popen([sys.executable, str(script), str(path), who, "150"], stdout=subprocess.PIPE,
-                              text=True) for who in ("ann", "bob")]
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(path), who, "150"], stdout=subprocess.PIPE, text=True)
+        for who in ("ann", "bob")
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     s = Store(path)

@@ -12,6 +12,11 @@ def test_child_env_pins_malloc_and_keeps_the_users_choice():
 
 
 def test_a_child_sees_it():
-    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['MALLOC_MMAP_THRESHOLD_'])"],
-                         env=child_env(), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ['MALLOC_MMAP_THRESHOLD_'])"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")

@@ -17,8 +17,10 @@ def run(*args, timeout=600):
 
 def test_group_size_must_split_the_widths():
     q.check_group_size({"hidden_size": 128, "intermediate_size": 256}, 128)
-    with pytest.raises(q.QuantizeError, match="hidden_size 64, intermediate_size 192 is not a multiple of "
-                                              "--group-size 128: use --group-size 64"):
+    with pytest.raises(
+        q.QuantizeError,
+        match="hidden_size 64, intermediate_size 192 is not a multiple of --group-size 128: use --group-size 64",
+    ):
         q.check_group_size({"hidden_size": 64, "intermediate_size": 192}, 128)
     with pytest.raises(q.QuantizeError, match="use --group-size -1"):
         q.check_group_size({"hidden_size": 64, "intermediate_size": 176}, 64)
@@ -54,8 +56,19 @@ def test_quantize_a_lora_run_loads_in_transformers_and_answers(demo_home, tmp_pa
     model = AutoModelForCausalLM.from_pretrained(out, device_map={"": "cpu"})
     assert model.config.quantization_config.quant_method.value == "gptq"
     assert any("qweight" in n for n, _ in model.named_buffers())
-    answer = run("generate", str(out), "--prompt", "请列出三种水果。", "--quant", "gptq", "--max-new-tokens", "8",
-                 "--temperature", "0", "--json")
+    answer = run(
+        "generate",
+        str(out),
+        "--prompt",
+        "请列出三种水果。",
+        "--quant",
+        "gptq",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--json",
+    )
     assert answer.returncode == 0, answer.stderr[-2000:]
     evs = [json.loads(x) for x in answer.stdout.splitlines() if x.startswith("{")]
     assert evs[0]["type"] == "loaded" and evs[0]["quant"] == "gptq"

@@ -21,9 +21,11 @@ def prompts_file(tmp_path):
 
 async def test_a_labeling_session_stores_choices_undo_notes_and_exports(tiny_model, tmp_path):
     store = tmp_path / "prefs.sqlite"
-    app = CoatiApp(model=str(tiny_model), mode="rank",
-                   rank={"prompts": str(prompts_file(tmp_path)), "store": str(store), "annotator": "标注员",
-                         "start": True})
+    app = CoatiApp(
+        model=str(tiny_model),
+        mode="rank",
+        rank={"prompts": str(prompts_file(tmp_path)), "store": str(store), "annotator": "标注员", "start": True},
+    )
     async with app.run_test(size=(120, 40)) as pilot:
         rank = app.screen
         assert isinstance(rank, RankScreen)
@@ -47,23 +49,29 @@ async def test_a_labeling_session_stores_choices_undo_notes_and_exports(tiny_mod
         await wait_for(pilot, lambda: rank.current is not None, timeout=120)
         await pilot.press("s")
         assert "labeled 2" in str(rank.query_one("#rank-status").render())
-        rows = rank.store.db.execute("SELECT pair_id, choice, note, annotator, undone IS NOT NULL FROM comparisons "
-                                     "ORDER BY id").fetchall()
+        rows = rank.store.db.execute(
+            "SELECT pair_id, choice, note, annotator, undone IS NOT NULL FROM comparisons ORDER BY id"
+        ).fetchall()
         assert [(r[1], r[4]) for r in rows] == [("A", 0), ("B", 1), ("tie", 0), ("skip", 0)]
         assert rows[0][0] == first.id and rows[1][0] == rows[2][0] == second.id
         assert rows[1][2] == "太长" and {r[3] for r in rows} == {"标注员"}
         assert len(rank.latencies) == 4 and all(t > 0 for t in rank.latencies)
         # position is a recorded coin flip: the stored left answer is what was shown as A
-        left = rank.store.db.execute("SELECT l.text FROM pairs p JOIN responses l ON l.id = p.left_id WHERE p.id = ?",
-                                     (first.id,)).fetchone()[0]
+        left = rank.store.db.execute(
+            "SELECT l.text FROM pairs p JOIN responses l ON l.id = p.left_id WHERE p.id = ?", (first.id,)
+        ).fetchone()[0]
         assert left == first.left
         await pilot.press("ctrl+e")
         exports = sorted((app_home(tmp_path) / "exports").glob("prefs-*-coati.jsonl"))
         assert len(exports) == 1
         records = [json.loads(x) for x in exports[0].read_text(encoding="utf-8").splitlines()]
-        assert records == [{"context": [{"from": "user", "content": first.prompt[-1]["content"]}],
-                            "chosen": [{"from": "assistant", "content": first.left}],
-                            "rejected": [{"from": "assistant", "content": first.right}]}]
+        assert records == [
+            {
+                "context": [{"from": "user", "content": first.prompt[-1]["content"]}],
+                "chosen": [{"from": "assistant", "content": first.left}],
+                "rejected": [{"from": "assistant", "content": first.right}],
+            }
+        ]
         await pilot.resize_terminal(80, 30)
         await pilot.pause(0.1)
         assert rank.query_one("#rank-pair").has_class("stacked")  # narrow: one above the other
@@ -76,8 +84,17 @@ async def test_workers_writing_megabytes_to_stderr_still_write_pairs(tiny_model,
 
     monkeypatch.setenv(NOISE_ENV, str(2 * 2**20))
     store = tmp_path / "prefs.sqlite"
-    app = CoatiApp(mode="rank", rank={"model": str(tiny_model), "model_b": str(tiny_model), "start": True,
-                                      "prompts": str(prompts_file(tmp_path)), "store": str(store), "annotator": "a"})
+    app = CoatiApp(
+        mode="rank",
+        rank={
+            "model": str(tiny_model),
+            "model_b": str(tiny_model),
+            "start": True,
+            "prompts": str(prompts_file(tmp_path)),
+            "store": str(store),
+            "annotator": "a",
+        },
+    )
     async with app.run_test(size=(120, 40)) as pilot:
         rank = app.screen
         await wait_for(pilot, lambda: rank.current is not None, timeout=120)

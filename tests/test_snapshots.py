@@ -22,19 +22,24 @@ from coati_tui.ui.screens.train import TrainScreen
 
 FIXED = Path("/tmp/coati-tui-snapshots")
 SIZES = [(80, 24), (160, 48)]
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def fixed_profile() -> hardware.Profile:
     return hardware.Profile(
         gpus=[hardware.GPU(0, "NVIDIA GeForce RTX 3060", 12 * GIB, 11 * GIB, "8.6", True, "560.35")],
-        cpu=hardware.CPU(32 * GIB, 28 * GIB, 8, 16), disk_free_bytes=500 * GIB, disk_path="/home/user",
-        stacks={"torch": {"installed": True, "version": "2.13.0", "cuda_build": True},
-                "transformers": {"installed": True, "version": "5.23.0"},
-                "peft": {"installed": True, "version": "0.21.2"},
-                "colossalai": {"installed": False, "version": None},
-                "bitsandbytes": {"installed": True, "version": "0.50.2"},
-                "gptqmodel": {"installed": False, "version": None}})
+        cpu=hardware.CPU(32 * GIB, 28 * GIB, 8, 16),
+        disk_free_bytes=500 * GIB,
+        disk_path="/home/user",
+        stacks={
+            "torch": {"installed": True, "version": "2.13.0", "cuda_build": True},
+            "transformers": {"installed": True, "version": "5.23.0"},
+            "peft": {"installed": True, "version": "0.21.2"},
+            "colossalai": {"installed": False, "version": None},
+            "bitsandbytes": {"installed": True, "version": "0.50.2"},
+            "gptqmodel": {"installed": False, "version": None},
+        },
+    )
 
 
 def write_ppo_run(folder: Path) -> Path:
@@ -42,22 +47,78 @@ def write_ppo_run(folder: Path) -> Path:
     run = folder / "runs" / "ppo-20261123-140000-demo"
     run.mkdir(parents=True)
     (run / "config.toml").write_text('stage = "ppo"\n')
-    evs = [{"v": 1, "type": "start", "time": 0, "stage": "ppo", "config": {}, "params": 270144,
-            "trainable_params": 74817, "strategy": "naive", "device": "cpu", "precision": "fp32", "total_steps": 30}]
+    evs = [
+        {
+            "v": 1,
+            "type": "start",
+            "time": 0,
+            "stage": "ppo",
+            "config": {},
+            "params": 270144,
+            "trainable_params": 74817,
+            "strategy": "naive",
+            "device": "cpu",
+            "precision": "fp32",
+            "total_steps": 30,
+        }
+    ]
     for i in range(1, 31):
-        evs.append({"v": 1, "type": "step", "time": i, "step": i, "total_steps": 30, "epoch": 0, "loss": -0.01,
-                    "lr": 1e-3, "tokens": 250, "tokens_per_s": 600.0, "samples_per_s": 70.0, "eta_s": 30.0 - i,
-                    "cpu_rss": (430 + i) * 1024 ** 2, "reward_mean": -0.2 + 0.1 * i, "reward_std": 1.5, "kl": 0.05 * i,
-                    "kl_k3": 0.04 * i, "policy_loss": -0.01, "value_loss": 0.3, "ptx_loss": 1.1, "entropy": 0.9,
-                    "clip_frac": 0.02, "max_ratio": 1.6, "skipped_updates": 0, "response_len": 8.0,
-                    "rollout_tokens_per_s": 3000.0})
+        evs.append(
+            {
+                "v": 1,
+                "type": "step",
+                "time": i,
+                "step": i,
+                "total_steps": 30,
+                "epoch": 0,
+                "loss": -0.01,
+                "lr": 1e-3,
+                "tokens": 250,
+                "tokens_per_s": 600.0,
+                "samples_per_s": 70.0,
+                "eta_s": 30.0 - i,
+                "cpu_rss": (430 + i) * 1024**2,
+                "reward_mean": -0.2 + 0.1 * i,
+                "reward_std": 1.5,
+                "kl": 0.05 * i,
+                "kl_k3": 0.04 * i,
+                "policy_loss": -0.01,
+                "value_loss": 0.3,
+                "ptx_loss": 1.1,
+                "entropy": 0.9,
+                "clip_frac": 0.02,
+                "max_ratio": 1.6,
+                "skipped_updates": 0,
+                "response_len": 8.0,
+                "rollout_tokens_per_s": 3000.0,
+            }
+        )
         if i % 10 == 0:
-            evs.append({"v": 1, "type": "sample", "time": i, "step": i, "prompt": "请列出三种水果。",
-                        "response": "樱桃、甜瓜、桃子。", "reward": 4.7})
-    evs.append({"v": 1, "type": "eval", "time": 31, "step": 30,
-                "metrics": {"reward": 2.78, "kl": 2.82, "true_score": 0.74}})
-    evs.append({"v": 1, "type": "done", "time": 32, "status": "completed", "step": 30, "total_steps": 30,
-                "final": str(run / "final")})
+            evs.append(
+                {
+                    "v": 1,
+                    "type": "sample",
+                    "time": i,
+                    "step": i,
+                    "prompt": "请列出三种水果。",
+                    "response": "樱桃、甜瓜、桃子。",
+                    "reward": 4.7,
+                }
+            )
+    evs.append(
+        {"v": 1, "type": "eval", "time": 31, "step": 30, "metrics": {"reward": 2.78, "kl": 2.82, "true_score": 0.74}}
+    )
+    evs.append(
+        {
+            "v": 1,
+            "type": "done",
+            "time": 32,
+            "status": "completed",
+            "step": 30,
+            "total_steps": 30,
+            "final": str(run / "final"),
+        }
+    )
     (run / "events.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in evs), encoding="utf-8")
     (run / "final").mkdir()
     return run
@@ -150,12 +211,20 @@ def test_rank_screen(snap, fixed, size, monkeypatch):
 
     monkeypatch.setenv("COATI_TUI_ANNOTATOR", "ann")
     store = Store(fixed / "prefs.sqlite")
-    done = store.add_pair(store.add_prompt([{"role": "user", "content": "List three fruits."}], "typed"),
-                          {"text": "Apple, pear, fig.", "model": "m"}, {"text": "Rock.", "model": "m"}, swapped=False)
+    done = store.add_pair(
+        store.add_prompt([{"role": "user", "content": "List three fruits."}], "typed"),
+        {"text": "Apple, pear, fig.", "model": "m"},
+        {"text": "Rock.", "model": "m"},
+        swapped=False,
+    )
     store.judge(done, "A", "ann")
     prompt = store.add_prompt([{"role": "user", "content": "用 Python 写出三种水果。"}], "typed")
-    store.add_pair(prompt, {"text": "```python\nfruits = [\"苹果\", \"香蕉\", \"橙子\"]\n```", "model": "m"},
-                   {"text": "**三种水果**：苹果、梨、桃。", "model": "m"}, swapped=True)
+    store.add_pair(
+        prompt,
+        {"text": '```python\nfruits = ["苹果", "香蕉", "橙子"]\n```', "model": "m"},
+        {"text": "**三种水果**：苹果、梨、桃。", "model": "m"},
+        swapped=True,
+    )
     store.close()
 
     async def run_before(pilot):

@@ -15,8 +15,9 @@ HAVE_COLOSSALAI = importlib.util.find_spec("colossalai") is not None
 
 
 def train(*args, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "coati_tui", "train", *args, "--json"], capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "coati_tui", "train", *args, "--json"], capture_output=True, text=True, timeout=timeout
+    )
     return proc, [e for e in map(events.parse, proc.stdout.splitlines()) if e]
 
 
@@ -34,10 +35,26 @@ SMALL = ["--batch-size", "4", "--accumulation-steps", "1", "--max-len", "64", "-
 
 def test_sft_loss_falls_full_finetune(tiny_model, sft_data, tmp_path):
     out = tmp_path / "run"
-    proc, evs = train("sft", "--model", str(tiny_model), "--data", sft_data, "--out", str(out), *SMALL,
-                      "--lora-rank", "0", "--lr", "3e-3", "--max-epochs", "3", "--preset", "lora_naive")
+    proc, evs = train(
+        "sft",
+        "--model",
+        str(tiny_model),
+        "--data",
+        sft_data,
+        "--out",
+        str(out),
+        *SMALL,
+        "--lora-rank",
+        "0",
+        "--lr",
+        "3e-3",
+        "--max-epochs",
+        "3",
+        "--preset",
+        "lora_naive",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    start, = of(evs, "start")
+    (start,) = of(evs, "start")
     assert start["strategy"] == "naive" and start["device"] == "cpu" and start["precision"] == "fp32"
     assert start["trainable_params"] == start["params"]  # full fine-tune
     losses = [e["loss"] for e in of(evs, "step")]
@@ -56,10 +73,22 @@ def test_sft_loss_falls_full_finetune(tiny_model, sft_data, tmp_path):
 
 def test_lora_sft_writes_an_adapter_that_loads_and_stops(tiny_model, sft_data, tmp_path):
     out = tmp_path / "run"
-    proc, evs = train("sft", "--model", str(tiny_model), "--data", sft_data, "--out", str(out), *SMALL,
-                      "--lr", "3e-3", "--max-epochs", "2")
+    proc, evs = train(
+        "sft",
+        "--model",
+        str(tiny_model),
+        "--data",
+        sft_data,
+        "--out",
+        str(out),
+        *SMALL,
+        "--lr",
+        "3e-3",
+        "--max-epochs",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    start, = of(evs, "start")
+    (start,) = of(evs, "start")
     assert 0 < start["trainable_params"] < start["params"] / 2 and start["stops_on_end_token"]
     losses = [e["loss"] for e in of(evs, "step")]
     assert sum(losses[-4:]) < sum(losses[:4])
@@ -73,15 +102,17 @@ def test_lora_sft_writes_an_adapter_that_loads_and_stops(tiny_model, sft_data, t
     tok = AutoTokenizer.from_pretrained(final)
     end = tok.convert_tokens_to_ids("<|end|>")
     assert end in GenerationConfig.from_pretrained(final).eos_token_id
-    ids = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "你好"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]
 
     # the next stage starts from this run folder: the adapter is merged into its base
     prefs = write_jsonl(tmp_path / "prefs.jsonl", preference_records(24))
-    proc, evs = train("rm", "--model", str(out), "--data", prefs, "--out", str(tmp_path / "rm"), *SMALL,
-                      "--max-steps", "2")
+    proc, evs = train(
+        "rm", "--model", str(out), "--data", prefs, "--out", str(tmp_path / "rm"), *SMALL, "--max-steps", "2"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert of(evs, "start")[0]["config"]["model"] == str(final)
     assert (tmp_path / "rm" / "final" / "config.json").is_file()
@@ -90,8 +121,22 @@ def test_lora_sft_writes_an_adapter_that_loads_and_stops(tiny_model, sft_data, t
 def test_rm_learns_a_learnable_preference(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(96))
     out = tmp_path / "rm"
-    proc, evs = train("rm", "--model", str(tiny_model), "--data", data, "--out", str(out), *SMALL,
-                      "--lr", "3e-3", "--max-epochs", "3", "--eval-split", "0.2")
+    proc, evs = train(
+        "rm",
+        "--model",
+        str(tiny_model),
+        "--data",
+        data,
+        "--out",
+        str(out),
+        *SMALL,
+        "--lr",
+        "3e-3",
+        "--max-epochs",
+        "3",
+        "--eval-split",
+        "0.2",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     final_eval = of(evs, "eval")[-1]["metrics"]
     assert final_eval["pairs"] >= 15
@@ -103,10 +148,12 @@ def test_rm_learns_a_learnable_preference(tiny_model, tmp_path):
 
     rm = AutoModelForSequenceClassification.from_pretrained(out / "final")  # merged: loads on its own
     tok = AutoTokenizer.from_pretrained(out / "final")
-    good = tok.apply_chat_template([{"role": "user", "content": "你好"},
-                                    {"role": "assistant", "content": "你好！很高兴见到你。"}], tokenize=False)
-    bad = tok.apply_chat_template([{"role": "user", "content": "你好"},
-                                   {"role": "assistant", "content": "zq#xk@w"}], tokenize=False)
+    good = tok.apply_chat_template(
+        [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！很高兴见到你。"}], tokenize=False
+    )
+    bad = tok.apply_chat_template(
+        [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "zq#xk@w"}], tokenize=False
+    )
     batch = tok([good, bad], return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         s = rm(**batch).logits.squeeze(-1)
@@ -122,8 +169,13 @@ def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(tiny_model, 
     assert kept == ["step-16", "step-20"]  # 22 steps, one every 4, the last 2 kept
 
     out = tmp_path / "cut"
-    child = subprocess.Popen([sys.executable, "-m", "coati_tui", "train", "sft", *common, "--out", str(out), "--json"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "coati_tui", "train", "sft", *common, "--out", str(out), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     for line in child.stdout:
         ev = events.parse(line)
@@ -132,7 +184,7 @@ def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(tiny_model, 
         if ev and ev["type"] == "step" and ev["step"] == 2:
             os.killpg(child.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
     assert child.wait(timeout=120) == 0
-    done, = of(seen, "done")
+    (done,) = of(seen, "done")
     assert done["status"] == "cancelled" and "--resume" in done["resume"]
     ckpt = of(seen, "checkpoint")[-1]
     assert ckpt["step"] == done["step"] < done["total_steps"]
@@ -150,8 +202,11 @@ def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(tiny_model, 
 
 def test_malformed_data_stops_before_anything_starts(tiny_model, tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好"}]}\n'
-                    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n', encoding="utf-8")
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好"}]}\n'
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n',
+        encoding="utf-8",
+    )
     proc, evs = train("sft", "--model", str(tiny_model), "--data", str(path), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and evs == []
     assert f"{path}: line 2, field 'messages[1]'" in proc.stderr and "Traceback" not in proc.stderr
@@ -167,16 +222,26 @@ def test_a_data_error_in_the_child_is_an_error_event(tiny_model, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     RunConfig(stage="sft", model=str(tiny_model), data=str(bad), preset=presets.load("lora_naive")).write(run)
-    proc = subprocess.run([sys.executable, "-m", "coati_tui.train", str(run)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "coati_tui.train", str(run)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1
-    err, = of(events.read(run / "events.jsonl"), "error")
+    (err,) = of(events.read(run / "events.jsonl"), "error")
     assert err["kind"] == "data" and "line 1" in err["message"] and err["log_tail"]
 
 
 def test_colossalai_presets_say_what_is_missing(tiny_model, sft_data, tmp_path):
-    proc, _ = train("sft", "--model", str(tiny_model), "--data", sft_data, "--out", str(tmp_path / "r"),
-                    "--strategy", "colossalai_zero2_cpu")
+    proc, _ = train(
+        "sft",
+        "--model",
+        str(tiny_model),
+        "--data",
+        sft_data,
+        "--out",
+        str(tmp_path / "r"),
+        "--strategy",
+        "colossalai_zero2_cpu",
+    )
     assert proc.returncode == 2
     assert "zero2_cpu" in proc.stderr and "CUDA" in proc.stderr  # no GPU here: the first thing missing
 
@@ -193,10 +258,22 @@ def test_colossalai_presets_say_what_is_missing(tiny_model, sft_data, tmp_path):
 def test_two_processes_under_torchrun(tiny_model, sft_data, tmp_path):
     """--nproc-per-node 2 on CPU (gloo): colossalai's TorchDDPPlugin where colossalai is installed,
     torch DDP otherwise. Each process takes half the batches."""
-    proc, evs = train("sft", "--model", str(tiny_model), "--data", sft_data, "--out", str(tmp_path / "ddp"), *SMALL,
-                      "--nproc-per-node", "2", "--max-epochs", "1")
+    proc, evs = train(
+        "sft",
+        "--model",
+        str(tiny_model),
+        "--data",
+        sft_data,
+        "--out",
+        str(tmp_path / "ddp"),
+        *SMALL,
+        "--nproc-per-node",
+        "2",
+        "--max-epochs",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    start, = of(evs, "start")
+    (start,) = of(evs, "start")
     assert start["strategy"] == ("colossalai_ddp" if HAVE_COLOSSALAI else "naive+ddp")
     assert start["total_steps"] == 12 // 2
     assert of(evs, "done")[0]["status"] == "completed"
@@ -205,10 +282,23 @@ def test_two_processes_under_torchrun(tiny_model, sft_data, tmp_path):
 
 def test_tensorboard_scalars_or_a_clear_missing_dependency(tiny_model, sft_data, tmp_path):
     out = tmp_path / "tb"
-    proc, evs = train("sft", "--model", str(tiny_model), "--data", sft_data, "--out", str(out), *SMALL,
-                      "--max-steps", "2", "--tensorboard")
+    proc, evs = train(
+        "sft",
+        "--model",
+        str(tiny_model),
+        "--data",
+        sft_data,
+        "--out",
+        str(out),
+        *SMALL,
+        "--max-steps",
+        "2",
+        "--tensorboard",
+    )
     if importlib.util.find_spec("tensorboard") is None:
-        err, = of(evs, "error")
-        assert proc.returncode == 1 and err["kind"] == "missing_dependency" and "pip install tensorboard" in err["message"]
+        (err,) = of(evs, "error")
+        assert (
+            proc.returncode == 1 and err["kind"] == "missing_dependency" and "pip install tensorboard" in err["message"]
+        )
     else:
         assert proc.returncode == 0 and list((out / "tensorboard").glob("events.out.tfevents.*"))

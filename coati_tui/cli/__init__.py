@@ -15,14 +15,15 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=False,
     rich_markup_mode="rich",
-    help="coati-tui: SFT -> reward model -> PPO on one consumer GPU, from a terminal. "
-    "With no command, opens the app.",
+    help="coati-tui: SFT -> reward model -> PPO on one consumer GPU, from a terminal. With no command, opens the app.",
 )
 
 
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context,
-          model: str | None = typer.Option(None, "--model", help="model folder, run folder or cached hub id")) -> None:
+def _root(
+    ctx: typer.Context,
+    model: str | None = typer.Option(None, "--model", help="model folder, run folder or cached hub id"),
+) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from coati_tui.core import hardware

@@ -14,8 +14,12 @@ export_app = typer.Typer(help="Write labels out for other tools.", no_args_is_he
 @export_app.command("prefs")
 def export_prefs(
     store: Path = typer.Argument(..., help="the preference store (.sqlite) the ranking pane writes"),
-    fmt: str = typer.Option("coati", "--format", help="coati: ColossalChat's {context, chosen, rejected}; "
-                                                     "trl: TRL's {prompt, chosen, rejected} (conversational)"),
+    fmt: str = typer.Option(
+        "coati",
+        "--format",
+        help="coati: ColossalChat's {context, chosen, rejected}; "
+        "trl: TRL's {prompt, chosen, rejected} (conversational)",
+    ),
     out: Path | None = typer.Option(None, "--out", help="JSON lines file (default: STORE-FORMAT.jsonl beside it)"),
 ) -> None:
     """Export the pairs judged A or B (ties, skips and conflicting judgments are left out and counted)."""
@@ -28,8 +32,10 @@ def export_prefs(
         n, left_out = prefstore.export(store, fmt, out)
     except prefstore.StoreError as exc:
         fail(str(exc))
-    typer.echo(f"{n} pairs -> {out} (left out: {left_out['tie']} ties, {left_out['skip']} skipped, "
-               f"{left_out['conflict']} with conflicting judgments)")
+    typer.echo(
+        f"{n} pairs -> {out} (left out: {left_out['tie']} ties, {left_out['skip']} skipped, "
+        f"{left_out['conflict']} with conflicting judgments)"
+    )
 
 
 def tiny(

@@ -47,8 +47,12 @@ def demo(
         build_tiny_model(model, corpus=task.corpus() + CORPUS, vocab_size=512, hidden=64, layers=2, seed=seed)
     files = {name: root / "data" / f"{name}.jsonl" for name in ("sft", "prefs", "prompts", "test_prompts")}
     console.print(f"[bold]coati-tui demo[/]: data in {root / 'data'}, model in {model}")
-    inputs = {"sft": (str(model), files["sft"]), "rm": (None, files["prefs"]), "ppo": (None, files["prompts"]),
-              "dpo": (None, files["prefs"])}
+    inputs = {
+        "sft": (str(model), files["sft"]),
+        "rm": (None, files["prefs"]),
+        "ppo": (None, files["prompts"]),
+        "dpo": (None, files["prefs"]),
+    }
     results: dict[str, list[dict[str, Any]]] = {}
     for stage in task.METHODS[method]:
         spec = task.STAGES[stage]
@@ -66,10 +70,14 @@ def demo(
             start = inputs[stage][0] or str(paths.runs_dir() / "demo-sft")
             extra = {}
             if stage == "ppo":
-                extra = {"reward": str(paths.runs_dir() / "demo-rm"), "ptx_data": str(files["sft"]),
-                         "eval_data": str(files["test_prompts"])}
-            cfg = build(stage, start, str(inputs[stage][1]), "lora_naive", spec["overrides"], seed=seed,
-                        **extra, **settings)
+                extra = {
+                    "reward": str(paths.runs_dir() / "demo-rm"),
+                    "ptx_data": str(files["sft"]),
+                    "eval_data": str(files["test_prompts"]),
+                }
+            cfg = build(
+                stage, start, str(inputs[stage][1]), "lora_naive", spec["overrides"], seed=seed, **extra, **settings
+            )
             runs.prepare(cfg, run_dir)
         console.print(f"\n[bold]{stage}[/] · replay: coati-tui train {stage} --resume {run_dir}")
         code = watch(run_dir, runs.Launch(), as_json)
@@ -82,6 +90,7 @@ def demo(
 
 def _report(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
     """Each stage's figure and whether it met the demo's bar; 1 when one did not."""
+
     def evals(stage: str) -> list[dict[str, Any]]:
         return [e for e in results[stage] if e["type"] == "eval"]
 
@@ -93,16 +102,27 @@ def _report(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
     ok_ppo = after.get("true_score", 0) > before.get("true_score", 1)
     console.print("\n[bold]demo results[/]")
     console.print(f"  SFT  held-out loss {sft_loss:.3f}" if sft_loss is not None else "  SFT  (no eval)")
-    console.print(f"  RM   held-out accuracy {rm.get('accuracy', 0):.3f} (bar: >= 0.9) "
-                  + ("[green]ok[/]" if ok_rm else "[red]below[/]"))
-    console.print(f"  PPO  true score {before.get('true_score', float('nan')):.3f} (SFT model) -> "
-                  f"{after.get('true_score', float('nan')):.3f} (PPO model), reward "
-                  f"{before.get('reward', float('nan')):+.3f} -> {after.get('reward', float('nan')):+.3f}, "
-                  f"KL {after.get('kl', float('nan')):.3f} nats/answer "
-                  + ("[green]ok[/]" if ok_ppo else "[red]no gain[/]"))
-    print(json.dumps({"sft_eval_loss": sft_loss, "rm_accuracy": rm.get("accuracy"),
-                      "true_score_sft": before.get("true_score"), "true_score_ppo": after.get("true_score"),
-                      "kl": after.get("kl")}))
+    console.print(
+        f"  RM   held-out accuracy {rm.get('accuracy', 0):.3f} (bar: >= 0.9) "
+        + ("[green]ok[/]" if ok_rm else "[red]below[/]")
+    )
+    console.print(
+        f"  PPO  true score {before.get('true_score', float('nan')):.3f} (SFT model) -> "
+        f"{after.get('true_score', float('nan')):.3f} (PPO model), reward "
+        f"{before.get('reward', float('nan')):+.3f} -> {after.get('reward', float('nan')):+.3f}, "
+        f"KL {after.get('kl', float('nan')):.3f} nats/answer " + ("[green]ok[/]" if ok_ppo else "[red]no gain[/]")
+    )
+    print(
+        json.dumps(
+            {
+                "sft_eval_loss": sft_loss,
+                "rm_accuracy": rm.get("accuracy"),
+                "true_score_sft": before.get("true_score"),
+                "true_score_ppo": after.get("true_score"),
+                "kl": after.get("kl"),
+            }
+        )
+    )
     return 0 if ok_rm and ok_ppo else 1
 
 
@@ -112,9 +132,18 @@ def _report_dpo(results: dict[str, list[dict[str, Any]]], console: Console) -> i
     before, after = (evals[0], evals[-1]) if evals else ({}, {})
     ok = after.get("true_score", 0) > before.get("true_score", 1)
     console.print("\n[bold]demo results[/] (SFT -> DPO)")
-    console.print(f"  DPO  held-out preference accuracy {after.get('accuracy', 0):.3f}, true score "
-                  f"{before.get('true_score', float('nan')):.3f} (SFT model) -> "
-                  f"{after.get('true_score', float('nan')):.3f} (DPO model) " + ("[green]ok[/]" if ok else "[red]no gain[/]"))
-    print(json.dumps({"dpo_accuracy": after.get("accuracy"), "true_score_sft": before.get("true_score"),
-                      "true_score_dpo": after.get("true_score")}))
+    console.print(
+        f"  DPO  held-out preference accuracy {after.get('accuracy', 0):.3f}, true score "
+        f"{before.get('true_score', float('nan')):.3f} (SFT model) -> "
+        f"{after.get('true_score', float('nan')):.3f} (DPO model) " + ("[green]ok[/]" if ok else "[red]no gain[/]")
+    )
+    print(
+        json.dumps(
+            {
+                "dpo_accuracy": after.get("accuracy"),
+                "true_score_sft": before.get("true_score"),
+                "true_score_dpo": after.get("true_score"),
+            }
+        )
+    )
     return 0 if ok else 1

@@ -66,8 +66,16 @@ def generate(
             if as_json:
                 print(json.dumps(ev, ensure_ascii=False), flush=True)
             if ev["type"] == "loaded":
-                client.generate(messages, rid="1", max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+                client.generate(
+                    messages,
+                    rid="1",
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    repetition_penalty=repetition_penalty,
+                    seed=seed,
+                )
             elif ev["type"] == "token" and not as_json:
                 print(ev["text"], end="", flush=True)
             elif ev["type"] == "answer":
@@ -121,8 +129,10 @@ def quantize(
         _, _, info = load(str(out_dir))
     except WorkerError as exc:
         fail(f"{out_dir} was written but does not load: {exc}", 1)
-    say(f"[green]done[/]: {out_dir} ({info['quant']}, weights {q.folder_bytes(out_dir) / 2**20:.1f} MiB on disk, "
-        f"{info['memory_bytes'] / 2**20:.1f} MiB loaded on {info['device']})")
+    say(
+        f"[green]done[/]: {out_dir} ({info['quant']}, weights {q.folder_bytes(out_dir) / 2**20:.1f} MiB on disk, "
+        f"{info['memory_bytes'] / 2**20:.1f} MiB loaded on {info['device']})"
+    )
     typer.echo(str(out_dir))
 
 
@@ -139,6 +149,12 @@ def rank(
     hardware.profile_early()
     from coati_tui.ui.app import run_app
 
-    options = {"model": model, "model_b": model_b or "", "prompts": prompts or "", "annotator": annotator,
-               "store": str(store) if store else None, "start": bool(model)}
+    options = {
+        "model": model,
+        "model_b": model_b or "",
+        "prompts": prompts or "",
+        "annotator": annotator,
+        "store": str(store) if store else None,
+        "start": bool(model),
+    }
     run_app(model=model, mode="rank", rank=options)

@@ -23,8 +23,9 @@ def profile(as_json: bool = typer.Option(False, "--json", help="print JSON inste
 
 
 def plan(
-    model: str = typer.Option(..., "--model", "-m",
-                              help="model folder, run folder or cached hub id (config.json is read)"),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="model folder, run folder or cached hub id (config.json is read)"
+    ),
     stage: str | None = typer.Option(None, "--stage", help="sft, rm or ppo (default: all three)"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="default: each preset's"),
     seq_len: int | None = typer.Option(None, "--seq-len", min=8, help="default: each preset's max_len"),
@@ -36,9 +37,8 @@ def plan(
 ) -> None:
     """Peak GPU and CPU memory of every preset x stage, what fits, and the preset to use."""
     from coati_tui.core import hardware, modelinfo, planner, presets
-    from coati_tui.core.units import parse_bytes
-
     from coati_tui.core.run_config import STAGES
+    from coati_tui.core.units import parse_bytes
 
     stages = planner.STAGES  # the table's columns; any stage by name
     if stage:

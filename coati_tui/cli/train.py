@@ -27,18 +27,28 @@ def _flag(param: str) -> Any:
 
 def train(
     stage: str = typer.Argument(..., help="sft, rm, ppo, dpo, orpo or kto"),
-    model: str | None = typer.Option(None, "--model", "--pretrain", "-m",
-                                        help="model folder, earlier run folder, or cached hub id"),
-    data: str | None = typer.Option(None, "--data", "--dataset", "--prompts", "--prompt_dataset",
-                                       help=".jsonl/.json/.csv/.parquet or a datasets folder (PPO: prompts)"),
+    model: str | None = typer.Option(
+        None, "--model", "--pretrain", "-m", help="model folder, earlier run folder, or cached hub id"
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        "--dataset",
+        "--prompts",
+        "--prompt_dataset",
+        help=".jsonl/.json/.csv/.parquet or a datasets folder (PPO: prompts)",
+    ),
     reward: str | None = typer.Option(None, "--reward", "--rm_pretrain", help="PPO: reward model or RM run folder"),
     ptx: str | None = typer.Option(None, "--ptx", "--pretrain_dataset", help="PPO: SFT data for the PTX loss"),
-    preset_name: str | None = typer.Option(None, "--preset",
-                                           help="preset name or .toml file (default: the planner's pick)"),
-    strategy: str | None = typer.Option(None, "--strategy",
-                                        help="ColossalChat spelling: naive | colossalai_gemini | colossalai_zero2_cpu"),
-    out: Path | None = typer.Option(None, "--out", "--save_path", "--save-path",
-                                    help="run folder (default: ~/coati-tui/runs/...)"),
+    preset_name: str | None = typer.Option(
+        None, "--preset", help="preset name or .toml file (default: the planner's pick)"
+    ),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="ColossalChat spelling: naive | colossalai_gemini | colossalai_zero2_cpu"
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "--save_path", "--save-path", help="run folder (default: ~/coati-tui/runs/...)"
+    ),
     resume: Path | None = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
     eval_data: str | None = typer.Option(None, "--eval-data", help="held-out file (default: --eval-split of --data)"),
     lora_rank: int | None = _flag("lora_rank"),
@@ -54,17 +64,24 @@ def train(
     save_interval: int = typer.Option(100, "--save-interval", min=0, help="optimizer steps between checkpoints"),
     eval_split: float = typer.Option(0.05, "--eval-split", min=0.0, max=0.9),
     template: str = typer.Option("", "--template", help="fallback chat template for tokenizers without one: coati"),
-    loss: str = typer.Option("", "--loss", "--loss_fn", "--loss_type",
-                             help="rm: log_sig | log_exp (default log_sig); dpo: sigmoid | ipo | simpo (default: the preset's)"),
+    loss: str = typer.Option(
+        "",
+        "--loss",
+        "--loss_fn",
+        "--loss_type",
+        help="rm: log_sig | log_exp (default log_sig); dpo: sigmoid | ipo | simpo (default: the preset's)",
+    ),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard scalars"),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", "--nproc_per_node", min=1,
-                                       help="processes (GPUs) on this node: runs under torchrun"),
+    nproc_per_node: int = typer.Option(
+        1, "--nproc-per-node", "--nproc_per_node", min=1, help="processes (GPUs) on this node: runs under torchrun"
+    ),
     nnodes: int = typer.Option(1, "--nnodes", min=1),
     node_rank: int = typer.Option(0, "--node-rank", min=0),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr"),
     master_port: int = typer.Option(0, "--master-port", help="default: a free port (one node), 29500 (several)"),
-    eval_interval: int = typer.Option(0, "--eval-interval", min=0,
-                                      help="steps between evals (0: per epoch / PPO: at the end)"),
+    eval_interval: int = typer.Option(
+        0, "--eval-interval", min=0, help="steps between evals (0: per epoch / PPO: at the end)"
+    ),
     kl_coef: float | None = _flag("kl_coef"),
     ptx_coef: float | None = _flag("ptx_coef"),
     clip_eps: float | None = _flag("clip_eps"),
@@ -90,11 +107,9 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print the event stream (JSON lines) instead of progress"),
 ) -> None:
     """Train a stage in a child process; every app run can be replayed with this command."""
-    from coati_tui.core.run_config import RunConfig
+    from coati_tui.core.run_config import STAGES, RunConfig
     from coati_tui.data import formats
     from coati_tui.host import runs
-
-    from coati_tui.core.run_config import STAGES
 
     if stage not in STAGES:
         fail(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
@@ -123,8 +138,9 @@ def train(
     raise typer.Exit(watch(run_dir, launch, as_json))
 
 
-def _resolve_config(stage: str, model: str, data: str, preset_name: str | None, strategy: str | None,
-                    opts: dict[str, Any]) -> RunConfig:
+def _resolve_config(
+    stage: str, model: str, data: str, preset_name: str | None, strategy: str | None, opts: dict[str, Any]
+) -> RunConfig:
     from coati_tui.core import modelinfo, presets
     from coati_tui.host.build import build
 
@@ -136,12 +152,26 @@ def _resolve_config(stage: str, model: str, data: str, preset_name: str | None, 
     if stage == "dpo" and loss:  # --loss names DPO's loss; for the reward model it is the run's `loss`
         overrides["dpo.loss"], loss = loss, ""
     try:
-        return build(stage, model, data, preset_name, overrides, eval_data=opts["eval_data"] or "",
-                     reward=opts.get("reward") or "", ptx_data=opts.get("ptx") or "",
-                     eval_interval=opts.get("eval_interval", 0), task=opts.get("task", ""),
-                     eval_split=opts["eval_split"], max_datasets_size=opts["max_datasets_size"],
-                     max_steps=opts["max_steps"], seed=opts["seed"], save_interval=opts["save_interval"],
-                     template=opts["template"], loss=loss or "log_sig", tensorboard=opts["tensorboard"])
+        return build(
+            stage,
+            model,
+            data,
+            preset_name,
+            overrides,
+            eval_data=opts["eval_data"] or "",
+            reward=opts.get("reward") or "",
+            ptx_data=opts.get("ptx") or "",
+            eval_interval=opts.get("eval_interval", 0),
+            task=opts.get("task", ""),
+            eval_split=opts["eval_split"],
+            max_datasets_size=opts["max_datasets_size"],
+            max_steps=opts["max_steps"],
+            seed=opts["seed"],
+            save_interval=opts["save_interval"],
+            template=opts["template"],
+            loss=loss or "log_sig",
+            tensorboard=opts["tensorboard"],
+        )
     except (modelinfo.ModelError, presets.PresetError, ValueError) as exc:
         fail(str(exc))
 
@@ -164,9 +194,15 @@ def watch(run_dir: Path, launch: Launch, as_json: bool) -> int:
     signal.signal(signal.SIGINT, lambda *_: console.print("[yellow]stopping: the trainer checkpoints first…[/]"))
     last_error = None
     stage = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                  disable=as_json) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=as_json,
+    ) as bar:
         task = bar.add_task("starting", total=None, info="")
         assert proc.stdout is not None
         for ev in events.follow(proc.stdout):
@@ -175,8 +211,9 @@ def watch(run_dir: Path, launch: Launch, as_json: bool) -> int:
             kind = ev["type"]
             if kind == "start":
                 stage = ev["stage"]
-                bar.update(task, description=events.describe(ev), total=ev["total_steps"],
-                           completed=ev.get("resumed_from", 0))
+                bar.update(
+                    task, description=events.describe(ev), total=ev["total_steps"], completed=ev.get("resumed_from", 0)
+                )
             elif kind == "step":
                 bar.update(task, completed=ev["step"], info=events.describe(ev, stage))
             elif kind in ("sample", "log", "checkpoint", "eval"):

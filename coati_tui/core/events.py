@@ -133,14 +133,30 @@ class StepView:
 
 
 STEP_VIEWS: tuple[StepView, ...] = (
-    StepView("ppo", "reward_mean", "reward_mean", "reward (mean per rollout)",
-             "reward {reward_mean:+.3f} · KL {kl:.3f}"),
-    StepView("orpo", "log_odds_ratio", "loss", "loss (SFT + odds ratio)",
-             "loss {loss:.4f} · NLL {nll:.4f} · accuracy {accuracy:.2f} · log-odds {log_odds_ratio:+.3f}"),  # before DPO: its events carry DPO's marker too
-    StepView("dpo", "margin", "loss", "loss (DPO / IPO / SimPO)",
-             "loss {loss:.4f} · accuracy {accuracy:.2f} · margin {margin:+.3f}"),
-    StepView("kto", "reward_desirable", "loss", "loss (KTO)",
-             "loss {loss:.4f} · reward good {reward_desirable:+.3f} / bad {reward_undesirable:+.3f} · KL {kl:.3f}"),
+    StepView(
+        "ppo", "reward_mean", "reward_mean", "reward (mean per rollout)", "reward {reward_mean:+.3f} · KL {kl:.3f}"
+    ),
+    StepView(
+        "orpo",
+        "log_odds_ratio",
+        "loss",
+        "loss (SFT + odds ratio)",
+        "loss {loss:.4f} · NLL {nll:.4f} · accuracy {accuracy:.2f} · log-odds {log_odds_ratio:+.3f}",
+    ),  # before DPO: its events carry DPO's marker too
+    StepView(
+        "dpo",
+        "margin",
+        "loss",
+        "loss (DPO / IPO / SimPO)",
+        "loss {loss:.4f} · accuracy {accuracy:.2f} · margin {margin:+.3f}",
+    ),
+    StepView(
+        "kto",
+        "reward_desirable",
+        "loss",
+        "loss (KTO)",
+        "loss {loss:.4f} · reward good {reward_desirable:+.3f} / bad {reward_undesirable:+.3f} · KL {kl:.3f}",
+    ),
     # a new stage (GRPO's group reward) is one more row here, above the catch-all
     StepView("", "loss", "loss", "loss", "loss {loss:.4f}"),  # sft, rm and any stage without a row
 )
@@ -183,8 +199,10 @@ def _step(ev: Mapping[str, Any], stage: str | None) -> str:
 def _loaded(ev: Mapping[str, Any]) -> str:
     from coati_tui.core.units import fmt_bytes
 
-    return (f"loaded {ev['model']} · {ev['device']} · {ev['dtype']} · {ev['quant']} · "
-            f"{fmt_bytes(ev['memory_bytes'])} in {ev['load_s']:.1f} s")
+    return (
+        f"loaded {ev['model']} · {ev['device']} · {ev['dtype']} · {ev['quant']} · "
+        f"{fmt_bytes(ev['memory_bytes'])} in {ev['load_s']:.1f} s"
+    )
 
 
 LINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
@@ -197,8 +215,9 @@ LINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "error": lambda ev: f"{ev['kind']}: {ev['message']}",
     "loaded": _loaded,
     "token": lambda ev: str(ev["text"]),
-    "answer": lambda ev: (f"answer: {ev['tokens']} tokens, {ev['tokens_per_s']:.1f} tok/s "
-                          f"({str(ev['stop']).replace('_', ' ')})"),
+    "answer": lambda ev: (
+        f"answer: {ev['tokens']} tokens, {ev['tokens_per_s']:.1f} tok/s ({str(ev['stop']).replace('_', ' ')})"
+    ),
 }
 
 

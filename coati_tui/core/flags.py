@@ -38,8 +38,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("train.lr", ("--lr",), "lr"),
     Flag("train.max_epochs", ("--max-epochs", "--max_epochs"), "max_epochs", min=1),
     Flag("train.max_len", ("--max-len", "--max_len"), "max_len", min=8),
-    Flag("train.grad_checkpointing", ("--grad-checkpointing", "--grad_checkpoint"), "grad_checkpointing",
-         off="--no-grad-checkpointing"),
+    Flag(
+        "train.grad_checkpointing",
+        ("--grad-checkpointing", "--grad_checkpoint"),
+        "grad_checkpointing",
+        off="--no-grad-checkpointing",
+    ),
     Flag("ppo.kl_coef", ("--kl-coef", "--kl_coef"), "kl_coef", min=0, panel=PPO),
     Flag("ppo.ptx_coef", ("--ptx-coef", "--ptx_coef"), "ptx_coef", min=0, panel=PPO),
     Flag("ppo.clip_eps", ("--clip-eps",), "clip_eps", min=0, panel=PPO),
@@ -55,16 +59,35 @@ FLAGS: tuple[Flag, ...] = (
     Flag("ppo.critic_lr", ("--critic-lr",), "critic_lr", min=0, panel=PPO),
     Flag("ppo.whiten_advantages", ("--whiten",), "whiten_advantages", off="--no-whiten", panel=PPO),
     Flag("ppo.reward_clip", ("--reward-clip",), "reward_clip", min=0, panel=PPO),
-    Flag("dpo.beta", ("--beta",), "beta", min=0, panel=PREF, stages=(("orpo", "orpo.beta"), ("kto", "kto.beta")),
-         help="DPO/IPO: distance from the reference; SimPO: reward scale; ORPO: odds-ratio weight"),
-    Flag("dpo.label_smoothing", ("--label-smoothing", "--label_smoothing"), "label_smoothing", min=0, max=0.5,
-         panel=PREF),
+    Flag(
+        "dpo.beta",
+        ("--beta",),
+        "beta",
+        min=0,
+        panel=PREF,
+        stages=(("orpo", "orpo.beta"), ("kto", "kto.beta")),
+        help="DPO/IPO: distance from the reference; SimPO: reward scale; ORPO: odds-ratio weight",
+    ),
+    Flag(
+        "dpo.label_smoothing", ("--label-smoothing", "--label_smoothing"), "label_smoothing", min=0, max=0.5, panel=PREF
+    ),
     Flag("dpo.simpo_gamma", ("--simpo-gamma", "--simpo_gamma"), "simpo_gamma", min=0, panel=PREF),
-    Flag("dpo.precompute_ref", ("--precompute-ref",), "precompute_ref", off="--live-ref", panel=PREF,
-         stages=(("kto", "kto.precompute_ref"),)),
+    Flag(
+        "dpo.precompute_ref",
+        ("--precompute-ref",),
+        "precompute_ref",
+        off="--live-ref",
+        panel=PREF,
+        stages=(("kto", "kto.precompute_ref"),),
+    ),
     Flag("kto.desirable_weight", ("--desirable-weight", "--desirable_weight"), "desirable_weight", min=0, panel=PREF),
-    Flag("kto.undesirable_weight", ("--undesirable-weight", "--undesirable_weight"), "undesirable_weight", min=0,
-         panel=PREF),
+    Flag(
+        "kto.undesirable_weight",
+        ("--undesirable-weight", "--undesirable_weight"),
+        "undesirable_weight",
+        min=0,
+        panel=PREF,
+    ),
 )
 BY_KEY: dict[str, Flag] = {k: f for f in FLAGS for k in (f.key, *(key for _, key in f.stages))}
 BY_PARAM: dict[str, Flag] = {f.param: f for f in FLAGS}

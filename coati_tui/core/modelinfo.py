@@ -24,8 +24,9 @@ class ModelError(ValueError):
 def _hub_cache() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
-    hf_home = (os.environ.get("HF_HOME")
-               or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface")
+    hf_home = (
+        os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    )
     return Path(hf_home) / "hub"
 
 
@@ -99,13 +100,13 @@ class _Family(TypedDict):
 # Per-family defaults that matter for shapes when config.json leaves them out (transformers' defaults).
 _FAMILIES: dict[str, _Family] = {
     #          qkv bias, o bias, head_dim default, tied default, norms/layer, qk norm, fused
-    "llama":   dict(qkv_bias=None, o_bias=None, head_dim=None, tied=False, norms=2, qk_norm=False, fused=False),
+    "llama": dict(qkv_bias=None, o_bias=None, head_dim=None, tied=False, norms=2, qk_norm=False, fused=False),
     "mistral": dict(qkv_bias=False, o_bias=False, head_dim=None, tied=False, norms=2, qk_norm=False, fused=False),
-    "qwen2":   dict(qkv_bias=True, o_bias=False, head_dim=None, tied=False, norms=2, qk_norm=False, fused=False),
-    "qwen3":   dict(qkv_bias=None, o_bias=None, head_dim=128, tied=False, norms=2, qk_norm=True, fused=False),
-    "gemma":   dict(qkv_bias=None, o_bias=None, head_dim=256, tied=True, norms=2, qk_norm=False, fused=False),
-    "gemma2":  dict(qkv_bias=None, o_bias=None, head_dim=256, tied=True, norms=4, qk_norm=False, fused=False),
-    "phi3":    dict(qkv_bias=False, o_bias=False, head_dim=None, tied=False, norms=2, qk_norm=False, fused=True),
+    "qwen2": dict(qkv_bias=True, o_bias=False, head_dim=None, tied=False, norms=2, qk_norm=False, fused=False),
+    "qwen3": dict(qkv_bias=None, o_bias=None, head_dim=128, tied=False, norms=2, qk_norm=True, fused=False),
+    "gemma": dict(qkv_bias=None, o_bias=None, head_dim=256, tied=True, norms=2, qk_norm=False, fused=False),
+    "gemma2": dict(qkv_bias=None, o_bias=None, head_dim=256, tied=True, norms=4, qk_norm=False, fused=False),
+    "phi3": dict(qkv_bias=False, o_bias=False, head_dim=None, tied=False, norms=2, qk_norm=False, fused=True),
 }
 # None above means "read attention_bias from the config" (default False).
 

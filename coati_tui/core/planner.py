@@ -115,6 +115,7 @@ class Row:
 
 # ---- activation and model-state arithmetic -------------------------------------------------------
 
+
 def layer_activation_bytes(arch: Arch, w: int, preset: Preset, trainable_norms: bool) -> int:
     """Bytes autograd saves per token for one decoder layer (see the module docstring)."""
     H, I = arch.hidden, arch.intermediate  # noqa: E741 (H, I: hidden and MLP widths)
@@ -151,8 +152,9 @@ def weight_bytes(arch: Arch, preset: Preset, w: int, head: str) -> int:
     return params * w
 
 
-def train_state(arch: Arch, preset: Preset, w: int, head: str,
-                accumulate: bool | None = None) -> tuple[dict[str, int], dict[str, int]]:
+def train_state(
+    arch: Arch, preset: Preset, w: int, head: str, accumulate: bool | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
     """(device bytes, host bytes) of one trained model's weights, gradients and optimizer states.
     ``accumulate``: whether gradients are accumulated over micro-batches (default: the preset's
     accumulation_steps > 1; PPO steps once per backward)."""
@@ -196,8 +198,9 @@ def _add(into: dict[str, int], more: dict[str, int], prefix: str = "") -> None:
         into[prefix + k] = into.get(prefix + k, 0) + int(v)
 
 
-def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, device: str,
-             bf16: bool = True) -> tuple[dict[str, int], dict[str, int], dict[str, int], str]:
+def estimate(
+    arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, device: str, bf16: bool = True
+) -> tuple[dict[str, int], dict[str, int], dict[str, int], str]:
     """Peak (device breakdown, host breakdown, alternatives, precision) for one preset x stage."""
     precision = "fp32" if device == "cpu" else preset.precision
     if precision == "bf16" and device == "cuda" and not bf16:
@@ -219,7 +222,8 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
         _add(host, h)
         dev["activations"] = activation_bytes(arch, w, preset, tokens, gc, head)
         alt["activations_with_gc" if not gc else "activations_without_gc"] = activation_bytes(
-            arch, w, preset, tokens, not gc, head)
+            arch, w, preset, tokens, not gc, head
+        )
         if preset.quant.bits:
             dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
     elif stage == "ppo":
@@ -237,7 +241,8 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
             if preset.quant.bits:
                 dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
             alt["four_separate_models"] = (
-                2 * base + 2 * weight_bytes(arch, preset, w, "score") + 32 * lora + dev["reward_adapter"])
+                2 * base + 2 * weight_bytes(arch, preset, w, "score") + 32 * lora + dev["reward_adapter"]
+            )
         else:
             for name, head in (("actor", "lm"), ("critic", "score")):
                 d, h = train_state(arch, preset, w, head, accumulate=False)
@@ -267,27 +272,34 @@ def estimate(arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, d
 
 # ---- verdicts ----------------------------------------------------------------------------------
 
+
 def unavailable(preset: Preset, machine: Machine) -> tuple[str, str] | None:
     """(reason, fix) when the stack or hardware rules this preset out here."""
     if machine.described:
         return None
     stacks = machine.stacks
     if preset.needs.cuda and machine.device != "cuda":
-        return (f"needs an NVIDIA GPU with CUDA; none found ({machine.why_no_gpu})",
-                "run on a machine with an NVIDIA GPU, or pick a naive preset")
+        return (
+            f"needs an NVIDIA GPU with CUDA; none found ({machine.why_no_gpu})",
+            "run on a machine with an NVIDIA GPU, or pick a naive preset",
+        )
     if preset.needs.colossalai and not stacks.get("colossalai", {}).get("installed"):
         return "needs colossalai, which is not installed", "pip install 'coati-tui[colossalai]'"
     torch = stacks.get("torch", {})
     if machine.device == "cuda" and torch.get("installed") and not torch.get("cuda_build"):
-        return (f"torch {torch.get('version')} is a CPU build; the GPU cannot be used",
-                "pip install --force-reinstall torch  (a CUDA build, from PyPI or download.pytorch.org)")
+        return (
+            f"torch {torch.get('version')} is a CPU build; the GPU cannot be used",
+            "pip install --force-reinstall torch  (a CUDA build, from PyPI or download.pytorch.org)",
+        )
     if preset.needs.bitsandbytes or preset.quant.bits:
         if not stacks.get("bitsandbytes", {}).get("installed"):
             return "needs bitsandbytes, which is not installed", "pip install bitsandbytes"
         tf = stacks.get("transformers", {}).get("version") or "0"
         if machine.device == "cpu" and int(tf.split(".")[0]) < 5:
-            return (f"bitsandbytes 4-bit on CPU needs transformers >= 5; this stack has {tf}",
-                    "use the default install (not the [colossalai] extra), or a CUDA GPU")
+            return (
+                f"bitsandbytes 4-bit on CPU needs transformers >= 5; this stack has {tf}",
+                "use the default install (not the [colossalai] extra), or a CUDA GPU",
+            )
     return None
 
 
@@ -304,14 +316,19 @@ def verdict(row: Row, machine: Machine) -> tuple[str, str]:
             return status, (
                 f"needs {fmt_bytes(need)} GPU ({_biggest(row.gpu)}, + {fmt_bytes(CUDA_CONTEXT)} CUDA context), "
                 f"card has {fmt_bytes(machine.gpu_total_bytes)}, {fmt_bytes(machine.gpu_usable_bytes)} usable "
-                f"with a {GPU_MARGIN:.0%} margin")
+                f"with a {GPU_MARGIN:.0%} margin"
+            )
     if row.cpu_bytes > machine.cpu_usable_bytes:
         status = "tight" if row.cpu_bytes <= machine.cpu_total_bytes else "does_not_fit"
         return status, (
             f"needs {fmt_bytes(row.cpu_bytes)} CPU RAM ({_biggest(row.cpu)}), machine has "
-            f"{fmt_bytes(machine.cpu_total_bytes)}, {fmt_bytes(machine.cpu_usable_bytes)} usable")
-    where = (f"{fmt_bytes(row.gpu_bytes + CUDA_CONTEXT)} of {fmt_bytes(machine.gpu_total_bytes)} GPU, "
-             if row.device == "cuda" else "on CPU, ")
+            f"{fmt_bytes(machine.cpu_total_bytes)}, {fmt_bytes(machine.cpu_usable_bytes)} usable"
+        )
+    where = (
+        f"{fmt_bytes(row.gpu_bytes + CUDA_CONTEXT)} of {fmt_bytes(machine.gpu_total_bytes)} GPU, "
+        if row.device == "cuda"
+        else "on CPU, "
+    )
     return "fits", f"{where}{fmt_bytes(row.cpu_bytes)} of {fmt_bytes(machine.cpu_total_bytes)} RAM"
 
 
@@ -333,17 +350,29 @@ class Plan:
             "model_type": self.model_type,
             "params": self.params,
             "exact_params": self.exact_params,
-            "machine": {"device": m.device, "gpu_name": m.gpu_name, "gpu_total_bytes": m.gpu_total_bytes,
-                        "gpu_usable_bytes": m.gpu_usable_bytes, "cpu_total_bytes": m.cpu_total_bytes,
-                        "described": m.described},
+            "machine": {
+                "device": m.device,
+                "gpu_name": m.gpu_name,
+                "gpu_total_bytes": m.gpu_total_bytes,
+                "gpu_usable_bytes": m.gpu_usable_bytes,
+                "cpu_total_bytes": m.cpu_total_bytes,
+                "described": m.described,
+            },
             "presets": [r.to_dict() for r in self.rows],
             "recommended": self.recommended,
             "recommended_by_stage": self.recommended_by_stage,
         }
 
 
-def plan(arch: Arch, presets: dict[str, Preset], machine: Machine, stages: tuple[str, ...] = STAGES,
-         batch_size: int | None = None, seq_len: int | None = None, model: str = "") -> Plan:
+def plan(
+    arch: Arch,
+    presets: dict[str, Preset],
+    machine: Machine,
+    stages: tuple[str, ...] = STAGES,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    model: str = "",
+) -> Plan:
     rows = []
     for preset in presets.values():
         blocked = unavailable(preset, machine)
@@ -352,8 +381,23 @@ def plan(arch: Arch, presets: dict[str, Preset], machine: Machine, stages: tuple
             batch = batch_size or preset.train.batch_size
             seq = seq_len or preset.train.max_len
             dev, host, alt, precision = estimate(arch, preset, stage, batch, seq, device, machine.bf16)
-            row = Row(preset.name, stage, device, precision, batch, seq, sum(dev.values()), sum(host.values()),
-                      dev, host, "fits", "", None, preset.speed, alt)
+            row = Row(
+                preset.name,
+                stage,
+                device,
+                precision,
+                batch,
+                seq,
+                sum(dev.values()),
+                sum(host.values()),
+                dev,
+                host,
+                "fits",
+                "",
+                None,
+                preset.speed,
+                alt,
+            )
             if blocked:
                 row.status, row.reason = "unavailable", blocked[0]
                 row.fix = blocked[1]

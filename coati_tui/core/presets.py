@@ -59,10 +59,12 @@ class Quant:
 @dataclass
 class Offload:
     placement: str = _f("static", "Gemini placement: static (fractions below) or auto", choices=("static", "auto"))
-    optim_frac: float = _f(0.0, "share of optimizer states kept in CPU RAM (1.0 = all: frees 12 B/param of VRAM)",
-                           minimum=0)
-    param_frac: float = _f(0.0, "share of fp16 weights kept in CPU RAM (frees 2 B/param, costs PCIe traffic)",
-                           minimum=0)
+    optim_frac: float = _f(
+        0.0, "share of optimizer states kept in CPU RAM (1.0 = all: frees 12 B/param of VRAM)", minimum=0
+    )
+    param_frac: float = _f(
+        0.0, "share of fp16 weights kept in CPU RAM (frees 2 B/param, costs PCIe traffic)", minimum=0
+    )
 
 
 @dataclass
@@ -106,15 +108,24 @@ DPO_LOSSES = ("sigmoid", "ipo", "simpo")
 
 @dataclass
 class DPO:
-    loss: str = _f("sigmoid", "sigmoid = DPO; ipo = IPO (squared, per-token log-ratios); simpo = SimPO (length-"
-                   "normalised log-probs, a target margin, no reference model)", choices=DPO_LOSSES)
-    beta: float = _f(0.1, "how far the policy may move from the reference: lower = further (SimPO: the reward scale)",
-                     minimum=0)
-    label_smoothing: float = _f(0.0, "share of pairs assumed mislabelled (conservative DPO); 0 = trust every label",
-                                minimum=0)
+    loss: str = _f(
+        "sigmoid",
+        "sigmoid = DPO; ipo = IPO (squared, per-token log-ratios); simpo = SimPO (length-"
+        "normalised log-probs, a target margin, no reference model)",
+        choices=DPO_LOSSES,
+    )
+    beta: float = _f(
+        0.1, "how far the policy may move from the reference: lower = further (SimPO: the reward scale)", minimum=0
+    )
+    label_smoothing: float = _f(
+        0.0, "share of pairs assumed mislabelled (conservative DPO); 0 = trust every label", minimum=0
+    )
     simpo_gamma: float = _f(0.5, "SimPO's target reward margin gamma between chosen and rejected", minimum=0)
-    precompute_ref: bool = _f(False, "compute the reference's log-probs once before training and cache them in the "
-                              "run folder: each step then runs one model (full fine-tunes always do)")
+    precompute_ref: bool = _f(
+        False,
+        "compute the reference's log-probs once before training and cache them in the "
+        "run folder: each step then runs one model (full fine-tunes always do)",
+    )
 
 
 @dataclass
@@ -127,7 +138,9 @@ class KTO:
     beta: float = _f(0.1, "how far the policy may move from the reference", minimum=0)
     desirable_weight: float = _f(1.0, "loss weight of desirable (good) examples", minimum=0)
     undesirable_weight: float = _f(1.0, "loss weight of undesirable (bad) examples", minimum=0)
-    precompute_ref: bool = _f(False, "compute the reference's log-probs once before training (full fine-tunes always do)")
+    precompute_ref: bool = _f(
+        False, "compute the reference's log-probs once before training (full fine-tunes always do)"
+    )
 
 
 @dataclass

@@ -58,8 +58,10 @@ class RunConfig:
             raise ValueError("PPO needs --reward (a reward model or an RM run folder)")
         p = self.preset
         if self.stage == "ppo" and p.strategy == "gemini" and p.offload.placement == "auto":
-            raise ValueError(f"preset {p.name}: PPO under Gemini needs offload.placement = \"static\"; \"auto\" "
-                             "must see a training step before anything is generated, and PPO generates first")
+            raise ValueError(
+                f'preset {p.name}: PPO under Gemini needs offload.placement = "static"; "auto" '
+                "must see a training step before anything is generated, and PPO generates first"
+            )
         if not 0 <= self.eval_split < 1:
             raise ValueError(f"--eval-split must be in [0, 1), not {self.eval_split}")
 
@@ -70,8 +72,10 @@ class RunConfig:
 
     def write(self, run_dir: Path) -> Path:
         path = Path(run_dir) / "config.toml"
-        header = (f"# coati-tui run: {self.stage} with preset {self.preset.name}. Resume or replay with\n"
-                  f"#   coati-tui train {self.stage} --resume {run_dir}\n")
+        header = (
+            f"# coati-tui run: {self.stage} with preset {self.preset.name}. Resume or replay with\n"
+            f"#   coati-tui train {self.stage} --resume {run_dir}\n"
+        )
         path.write_text(header + tomli_w.dumps(self.to_dict()), encoding="utf-8")
         return path
 

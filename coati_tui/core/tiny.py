@@ -6,8 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def config_dict(vocab_size: int = 1024, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                intermediate: int | None = None, max_positions: int = 1024) -> dict[str, Any]:
+def config_dict(
+    vocab_size: int = 1024,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 1024,
+) -> dict[str, Any]:
     """The tiny Llama's config as plain data: the app plans the demo model from it without torch."""
     return {
         "model_type": "llama",

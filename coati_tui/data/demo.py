@@ -18,14 +18,22 @@ from pathlib import Path
 from typing import Any
 
 FRUITS = {
-    "en": {"liked": ["apple", "mango", "peach", "grape", "cherry", "melon"],
-           "disliked": ["lemon", "durian", "lime", "quince", "olive", "papaya"]},
-    "zh": {"liked": ["苹果", "芒果", "桃子", "葡萄", "樱桃", "甜瓜"],
-           "disliked": ["柠檬", "榴莲", "青柠", "榅桲", "橄榄", "木瓜"]},
+    "en": {
+        "liked": ["apple", "mango", "peach", "grape", "cherry", "melon"],
+        "disliked": ["lemon", "durian", "lime", "quince", "olive", "papaya"],
+    },
+    "zh": {
+        "liked": ["苹果", "芒果", "桃子", "葡萄", "樱桃", "甜瓜"],
+        "disliked": ["柠檬", "榴莲", "青柠", "榅桲", "橄榄", "木瓜"],
+    },
 }
 PROMPTS = {
-    "en": ["List three fruits.", "Name three fruits, please.", "Which three fruits do you like?",
-           "Give me three fruits."],
+    "en": [
+        "List three fruits.",
+        "Name three fruits, please.",
+        "Which three fruits do you like?",
+        "Give me three fruits.",
+    ],
     "zh": ["请列出三种水果。", "说三种水果。", "你喜欢哪三种水果？", "给我三种水果。"],
 }
 SEP = {"en": ", ", "zh": "、"}
@@ -64,13 +72,14 @@ def corpus() -> list[str]:
     for lang in FRUITS:
         out += PROMPTS[lang]
         names = FRUITS[lang]["liked"] + FRUITS[lang]["disliked"]
-        out += [answer(names[i:i + 3], lang) for i in range(0, len(names), 3)]
+        out += [answer(names[i : i + 3], lang) for i in range(0, len(names), 3)]
         out += [answer(names[i::4], lang) for i in range(4)]
     return out
 
 
-def write_task(folder: Path, seed: int = 0, n_sft: int = 800, n_pairs: int = 800, n_prompts: int = 320,
-               n_test: int = 32) -> dict[str, Path]:
+def write_task(
+    folder: Path, seed: int = 0, n_sft: int = 800, n_pairs: int = 800, n_prompts: int = 320, n_test: int = 32
+) -> dict[str, Path]:
     """Write sft.jsonl, prefs.jsonl (ColossalChat's formats), prompts.jsonl and test_prompts.jsonl."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,8 +92,12 @@ def write_task(folder: Path, seed: int = 0, n_sft: int = 800, n_pairs: int = 800
     with files["sft"].open("w", encoding="utf-8") as f:
         for _ in range(n_sft):
             lang, q = prompt()
-            rec = {"messages": [{"from": "user", "content": q},
-                                {"from": "assistant", "content": answer(_triple(rng, lang), lang)}]}
+            rec = {
+                "messages": [
+                    {"from": "user", "content": q},
+                    {"from": "assistant", "content": answer(_triple(rng, lang), lang)},
+                ]
+            }
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     with files["prefs"].open("w", encoding="utf-8") as f:
         for _ in range(n_pairs):
@@ -92,9 +105,11 @@ def write_task(folder: Path, seed: int = 0, n_sft: int = 800, n_pairs: int = 800
             hi = rng.randint(1, 3)  # more liked fruits win
             chosen_items = _triple(rng, lang, hi)
             rejected = answer(_triple(rng, lang, rng.randint(0, hi - 1)), lang)
-            rec = {"context": [{"from": "user", "content": q}],
-                   "chosen": [{"from": "assistant", "content": answer(chosen_items, lang)}],
-                   "rejected": [{"from": "assistant", "content": rejected}]}
+            rec = {
+                "context": [{"from": "user", "content": q}],
+                "chosen": [{"from": "assistant", "content": answer(chosen_items, lang)}],
+                "rejected": [{"from": "assistant", "content": rejected}],
+            }
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     for name, n in (("prompts", n_prompts), ("test_prompts", n_test)):
         with files[name].open("w", encoding="utf-8") as f:
@@ -106,24 +121,63 @@ def write_task(folder: Path, seed: int = 0, n_sft: int = 800, n_pairs: int = 800
 # Each stage's settings, as overrides of the lora_naive preset plus run settings; ``quick`` shortens
 # PPO for tests. The CLI's `coati-tui demo` prints the equivalent `coati-tui train` commands.
 STAGES = {
-    "sft": {"overrides": {"lora.rank": 0, "train.batch_size": 16, "train.accumulation_steps": 1,
-                          "train.lr": 3e-3, "train.max_epochs": 10, "train.max_len": 64,
-                          "train.grad_checkpointing": False, "train.warmup_ratio": 0.05},
-            "settings": {"eval_split": 0.05}},
-    "rm": {"overrides": {"lora.rank": 16, "train.batch_size": 16, "train.accumulation_steps": 1,
-                         "train.lr": 2e-3, "train.max_epochs": 4, "train.max_len": 64,
-                         "train.grad_checkpointing": False},
-           "settings": {"eval_split": 0.1}},
-    "ppo": {"overrides": {"lora.rank": 16, "train.batch_size": 16, "train.lr": 1e-3, "train.max_epochs": 10,
-                          "train.max_len": 64, "train.grad_checkpointing": False,
-                          "ppo.rollout_batch": 32, "ppo.temperature": 0.7, "ppo.ppo_epochs": 2,
-                          "ppo.max_new_tokens": 24, "ppo.kl_coef": 0.1, "ppo.ptx_coef": 0.05, "ppo.critic_lr": 2e-3,
-                          "ppo.sample_every": 2},
-            "settings": {"max_steps": 60, "eval_interval": 20, "task": "demo"}},
+    "sft": {
+        "overrides": {
+            "lora.rank": 0,
+            "train.batch_size": 16,
+            "train.accumulation_steps": 1,
+            "train.lr": 3e-3,
+            "train.max_epochs": 10,
+            "train.max_len": 64,
+            "train.grad_checkpointing": False,
+            "train.warmup_ratio": 0.05,
+        },
+        "settings": {"eval_split": 0.05},
+    },
+    "rm": {
+        "overrides": {
+            "lora.rank": 16,
+            "train.batch_size": 16,
+            "train.accumulation_steps": 1,
+            "train.lr": 2e-3,
+            "train.max_epochs": 4,
+            "train.max_len": 64,
+            "train.grad_checkpointing": False,
+        },
+        "settings": {"eval_split": 0.1},
+    },
+    "ppo": {
+        "overrides": {
+            "lora.rank": 16,
+            "train.batch_size": 16,
+            "train.lr": 1e-3,
+            "train.max_epochs": 10,
+            "train.max_len": 64,
+            "train.grad_checkpointing": False,
+            "ppo.rollout_batch": 32,
+            "ppo.temperature": 0.7,
+            "ppo.ppo_epochs": 2,
+            "ppo.max_new_tokens": 24,
+            "ppo.kl_coef": 0.1,
+            "ppo.ptx_coef": 0.05,
+            "ppo.critic_lr": 2e-3,
+            "ppo.sample_every": 2,
+        },
+        "settings": {"max_steps": 60, "eval_interval": 20, "task": "demo"},
+    },
     # `coati-tui demo --method dpo`: SFT, then DPO straight from the pairs the RM would have learned from
-    "dpo": {"overrides": {"lora.rank": 16, "train.batch_size": 16, "train.accumulation_steps": 1,
-                          "train.lr": 1e-3, "train.max_epochs": 1, "train.max_len": 64,
-                          "train.grad_checkpointing": False, "dpo.beta": 0.1},  # more epochs over-fit the pairs
-            "settings": {"eval_split": 0.05, "task": "demo"}},
+    "dpo": {
+        "overrides": {
+            "lora.rank": 16,
+            "train.batch_size": 16,
+            "train.accumulation_steps": 1,
+            "train.lr": 1e-3,
+            "train.max_epochs": 1,
+            "train.max_len": 64,
+            "train.grad_checkpointing": False,
+            "dpo.beta": 0.1,
+        },  # more epochs over-fit the pairs
+        "settings": {"eval_split": 0.05, "task": "demo"},
+    },
 }
 METHODS = {"ppo": ("sft", "rm", "ppo"), "dpo": ("sft", "dpo")}  # the demo's stages per method

@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 ROLE_ALIASES = {
-    "user": "user", "human": "user", "prompter": "user",
-    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
     "system": "system",
 }
 
@@ -57,6 +62,7 @@ class Pair:
 
 
 # ---- files -> (where, record) -------------------------------------------------------------------
+
 
 def iter_records(path: str | Path) -> Iterator[tuple[str, Record]]:
     """Yield ``("line 3", record)`` for every record of a data file or saved dataset folder."""
@@ -109,8 +115,13 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Record]]:
         for n, rec in enumerate(pq.read_table(path).to_pylist(), 1):
             yield f"row {n}", rec
     else:
-        raise DataError(path, None, None, f"unknown data format {suffix!r} (use .jsonl, .json, .csv, .parquet, "
-                                          "a datasets folder or a .sqlite preference store)")
+        raise DataError(
+            path,
+            None,
+            None,
+            f"unknown data format {suffix!r} (use .jsonl, .json, .csv, .parquet, "
+            "a datasets folder or a .sqlite preference store)",
+        )
 
 
 def _iter_dataset_dir(path: Path) -> Iterator[tuple[str, Record]]:
@@ -145,6 +156,7 @@ def _must_be_object(rec: Any, path: Path, where: str) -> Record:
 
 
 # ---- record -> normal form ----------------------------------------------------------------------
+
 
 def _text(value: Any, path: str | Path, where: str | None, field: str) -> str:
     if not isinstance(value, str):
@@ -185,15 +197,24 @@ def sft_messages(rec: Record, path: str | Path = "<data>", where: str | None = N
         extra = rec.get("input") or ""
         if extra:
             prompt += "\n\n" + _text(extra, path, where, "input")
-        msgs = [{"role": "user", "content": prompt},
-                {"role": "assistant", "content": _text(rec["output"], path, where, "output")}]
+        msgs = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _text(rec["output"], path, where, "output")},
+        ]
     elif "prompt" in rec and ("response" in rec or "completion" in rec):
         field = "response" if "response" in rec else "completion"
-        msgs = [{"role": "user", "content": _text(rec["prompt"], path, where, "prompt")},
-                {"role": "assistant", "content": _text(rec[field], path, where, field)}]
+        msgs = [
+            {"role": "user", "content": _text(rec["prompt"], path, where, "prompt")},
+            {"role": "assistant", "content": _text(rec[field], path, where, field)},
+        ]
     else:
-        raise DataError(path, where, None, "not an SFT record: expected messages, conversations, "
-                                           f"instruction/output or prompt/response; got keys {sorted(rec)}")
+        raise DataError(
+            path,
+            where,
+            None,
+            "not an SFT record: expected messages, conversations, "
+            f"instruction/output or prompt/response; got keys {sorted(rec)}",
+        )
     if not any(m["role"] == "assistant" for m in msgs):
         raise DataError(path, where, "messages", "no assistant message: nothing to learn from")
     return msgs
@@ -212,8 +233,9 @@ def preference_pair(rec: Record, path: str | Path = "<data>", where: str | None 
     if "context" in rec or "prompt" in rec:
         field = "context" if "context" in rec else "prompt"
         value = rec[field]
-        prompt = ([{"role": "user", "content": value}] if isinstance(value, str)
-                  else _messages(value, path, where, field))
+        prompt = (
+            [{"role": "user", "content": value}] if isinstance(value, str) else _messages(value, path, where, field)
+        )
         chosen = _side(rec["chosen"], path, where, "chosen")
         rejected = _side(rec["rejected"], path, where, "rejected")
     else:  # implicit prompt: two whole conversations sharing their opening
@@ -264,8 +286,12 @@ def prompt_messages(rec: Record, path: str | Path = "<data>", where: str | None 
     else:
         field = next((k for k in ("prompt", "instruction", "question", "query") if k in rec), None)
         if field is None:
-            raise DataError(path, where, None, "not a prompt record: expected messages, prompt, instruction or "
-                                               f"question; got keys {sorted(rec)}")
+            raise DataError(
+                path,
+                where,
+                None,
+                f"not a prompt record: expected messages, prompt, instruction or question; got keys {sorted(rec)}",
+            )
         value = rec[field]
         if isinstance(value, list):
             msgs = _messages(value, path, where, field)
@@ -302,8 +328,9 @@ def labelled_examples(rec: Record, path: str | Path = "<data>", where: str | Non
         return [Labelled(pair.prompt, pair.chosen, True), Labelled(pair.prompt, pair.rejected, False)]
     for key in ("prompt", "completion", "label"):
         if key not in rec:
-            raise DataError(path, where, key, f"an unpaired record needs prompt, completion and label; got keys "
-                                              f"{sorted(rec)}")
+            raise DataError(
+                path, where, key, f"an unpaired record needs prompt, completion and label; got keys {sorted(rec)}"
+            )
     label = rec["label"]
     if isinstance(label, str) and label.lower() in ("true", "false", "1", "0"):
         label = label.lower() in ("true", "1")  # a CSV's text
@@ -327,8 +354,13 @@ def load_for(stage: str, path: str | Path, limit: int = 0) -> list[Any]:
     exists and the trainer read the same): SFT conversations, preference pairs, KTO's labelled answers,
     or PPO prompts."""
     loaders: dict[str, Callable[[str | Path, int], list[Any]]] = {
-        "sft": load_sft, "rm": load_preferences, "ppo": load_prompts, "dpo": load_preferences,
-        "orpo": load_preferences, "kto": load_labelled}
+        "sft": load_sft,
+        "rm": load_preferences,
+        "ppo": load_prompts,
+        "dpo": load_preferences,
+        "orpo": load_preferences,
+        "kto": load_labelled,
+    }
     if stage not in loaders:
         raise ValueError(f"no data format for stage {stage!r}")
     return loaders[stage](path, limit)

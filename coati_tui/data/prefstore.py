@@ -111,13 +111,17 @@ class Store:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if version == 0 and tables:
-                raise StoreError(f"{self.path}: an SQLite file of something else (tables: "
-                                 f"{', '.join(sorted(tables)[:6])}), not a coati-tui preference store")
+                raise StoreError(
+                    f"{self.path}: an SQLite file of something else (tables: "
+                    f"{', '.join(sorted(tables)[:6])}), not a coati-tui preference store"
+                )
             if version and ("coati_meta" not in tables or self._meta("app") != APP):
                 raise StoreError(f"{self.path}: an SQLite file of something else, not a coati-tui preference store")
             if version > VERSION:
-                raise StoreError(f"{self.path}: made by a newer coati-tui (schema {version}; this one reads up to "
-                                 f"{VERSION}). Upgrade coati-tui.")
+                raise StoreError(
+                    f"{self.path}: made by a newer coati-tui (schema {version}; this one reads up to "
+                    f"{VERSION}). Upgrade coati-tui."
+                )
             for n in range(version, VERSION):  # statement by statement: executescript would commit midway
                 for stmt in filter(str.strip, MIGRATIONS[n].split(";")):
                     self.db.execute(stmt)
@@ -150,8 +154,9 @@ class Store:
     def add_prompt(self, messages: list[dict[str, Any]], source: str) -> int:
         text = prompt_key(messages)
         with self._write():
-            self.db.execute("INSERT OR IGNORE INTO prompts(messages, source, created) VALUES (?, ?, ?)",
-                            (text, source, time.time()))
+            self.db.execute(
+                "INSERT OR IGNORE INTO prompts(messages, source, created) VALUES (?, ?, ?)", (text, source, time.time())
+            )
             prompt_id: int = self.db.execute("SELECT id FROM prompts WHERE messages = ?", (text,)).fetchone()[0]
             return prompt_id
 
@@ -164,24 +169,38 @@ class Store:
             for r in (first, second):
                 cur = self.db.execute(
                     "INSERT INTO responses(prompt_id, text, model, sampling, gen_s, created) VALUES (?, ?, ?, ?, ?, ?)",
-                    (prompt_id, r["text"], r["model"], json.dumps(r.get("sampling", {}), ensure_ascii=False),
-                     r.get("gen_s"), now))
+                    (
+                        prompt_id,
+                        r["text"],
+                        r["model"],
+                        json.dumps(r.get("sampling", {}), ensure_ascii=False),
+                        r.get("gen_s"),
+                        now,
+                    ),
+                )
                 ids.append(_rowid(cur))
             left, right = (ids[1], ids[0]) if swapped else (ids[0], ids[1])
-            return _rowid(self.db.execute(
-                "INSERT INTO pairs(prompt_id, left_id, right_id, swapped, created) VALUES (?, ?, ?, ?, ?)",
-                (prompt_id, left, right, int(swapped), now)))
+            return _rowid(
+                self.db.execute(
+                    "INSERT INTO pairs(prompt_id, left_id, right_id, swapped, created) VALUES (?, ?, ?, ?, ?)",
+                    (prompt_id, left, right, int(swapped), now),
+                )
+            )
 
-    def judge(self, pair_id: int, choice: str, annotator: str, note: str = "",
-              time_taken_s: float | None = None) -> int:
+    def judge(
+        self, pair_id: int, choice: str, annotator: str, note: str = "", time_taken_s: float | None = None
+    ) -> int:
         """Record a judgment; committed (and synced) when this returns."""
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
         with self._write():
-            return _rowid(self.db.execute(
-                "INSERT INTO comparisons(pair_id, choice, annotator, note, time_taken_s, created, round) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (pair_id, choice, annotator, note, time_taken_s, time.time(), self.current_round())))
+            return _rowid(
+                self.db.execute(
+                    "INSERT INTO comparisons(pair_id, choice, annotator, note, time_taken_s, created, round) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (pair_id, choice, annotator, note, time_taken_s, time.time(), self.current_round()),
+                )
+            )
 
     def current_round(self) -> int:
         """The labeling round new judgments belong to (1 until ``next_round``)."""
@@ -194,8 +213,10 @@ class Store:
         with self._write():
             n = self.current_round() + 1
             self.db.execute("INSERT OR REPLACE INTO coati_meta(key, value) VALUES ('round', ?)", (str(n),))
-            self.db.execute("INSERT OR REPLACE INTO coati_meta(key, value) VALUES (?, ?)",
-                            (f"round-{n}", json.dumps({"model_a": model_a, "model_b": model_b, "started": time.time()})))
+            self.db.execute(
+                "INSERT OR REPLACE INTO coati_meta(key, value) VALUES (?, ?)",
+                (f"round-{n}", json.dumps({"model_a": model_a, "model_b": model_b, "started": time.time()})),
+            )
             return n
 
     def rounds(self) -> dict[int, int]:
@@ -206,8 +227,10 @@ class Store:
     def undo(self, annotator: str) -> int | None:
         """Take back this annotator's last judgment (kept, marked undone); returns its pair id."""
         with self._write():
-            row = self.db.execute("SELECT id, pair_id FROM comparisons WHERE annotator = ? AND undone IS NULL "
-                                  "ORDER BY id DESC LIMIT 1", (annotator,)).fetchone()
+            row = self.db.execute(
+                "SELECT id, pair_id FROM comparisons WHERE annotator = ? AND undone IS NULL ORDER BY id DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
             if row is None:
                 return None
             self.db.execute("UPDATE comparisons SET undone = ? WHERE id = ?", (time.time(), row[0]))
@@ -219,9 +242,11 @@ class Store:
             self.db.execute("UPDATE comparisons SET note = ? WHERE id = ?", (note, comparison_id))
 
     def last_judgment(self, annotator: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT id, pair_id, choice, note FROM comparisons "
-                              "WHERE annotator = ? AND undone IS NULL ORDER BY id DESC LIMIT 1",
-                              (annotator,)).fetchone()
+        row = self.db.execute(
+            "SELECT id, pair_id, choice, note FROM comparisons "
+            "WHERE annotator = ? AND undone IS NULL ORDER BY id DESC LIMIT 1",
+            (annotator,),
+        ).fetchone()
         return dict(zip(("id", "pair_id", "choice", "note"), row)) if row else None
 
     # ---- reading ----------------------------------------------------------------------------------
@@ -230,26 +255,35 @@ class Store:
             "SELECT p.id, q.messages, l.text, r.text, l.model, r.model FROM pairs p "
             "JOIN prompts q ON q.id = p.prompt_id "
             "JOIN responses l ON l.id = p.left_id JOIN responses r ON r.id = p.right_id WHERE p.id = ?",
-            (pair_id,)).fetchone()
+            (pair_id,),
+        ).fetchone()
         if row is None:
             raise KeyError(pair_id)
         return PairView(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5])
 
     def pending(self, annotator: str, limit: int = 100) -> list[int]:
         """Pairs this annotator has not judged (or took back), oldest first."""
-        return [r[0] for r in self.db.execute(
-            "SELECT p.id FROM pairs p WHERE NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.pair_id = p.id "
-            "AND c.annotator = ? AND c.undone IS NULL) ORDER BY p.id LIMIT ?", (annotator, limit))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT p.id FROM pairs p WHERE NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.pair_id = p.id "
+                "AND c.annotator = ? AND c.undone IS NULL) ORDER BY p.id LIMIT ?",
+                (annotator, limit),
+            )
+        ]
 
     def prompts_with_pairs(self) -> set[str]:
-        return {r[0] for r in self.db.execute(
-            "SELECT DISTINCT q.messages FROM prompts q JOIN pairs p ON p.prompt_id = q.id")}
+        return {
+            r[0]
+            for r in self.db.execute("SELECT DISTINCT q.messages FROM prompts q JOIN pairs p ON p.prompt_id = q.id")
+        }
 
     def _latest(self) -> dict[int, dict[str, str]]:
         """pair id -> {annotator: choice}: each annotator's latest standing judgment."""
         out: dict[int, dict[str, str]] = {}
         for pair_id, annotator, choice in self.db.execute(
-                "SELECT pair_id, annotator, choice FROM comparisons WHERE undone IS NULL ORDER BY id"):
+            "SELECT pair_id, annotator, choice FROM comparisons WHERE undone IS NULL ORDER BY id"
+        ):
             out.setdefault(pair_id, {})[annotator] = choice
         return out
 
@@ -266,9 +300,17 @@ class Store:
         shared = [c for c in shared if len(c) >= 2]
         agree = sum(len(set(c)) == 1 for c in shared)
         pairs = self.db.execute("SELECT count(*) FROM pairs").fetchone()[0]
-        return {"labeled": counts["A"] + counts["B"] + counts["tie"], "A": counts["A"], "B": counts["B"],
-                "tie": counts["tie"], "skip": counts["skip"], "pairs": pairs, "annotators": per_annotator,
-                "shared_pairs": len(shared), "agreement": (agree / len(shared)) if shared else None}
+        return {
+            "labeled": counts["A"] + counts["B"] + counts["tie"],
+            "A": counts["A"],
+            "B": counts["B"],
+            "tie": counts["tie"],
+            "skip": counts["skip"],
+            "pairs": pairs,
+            "annotators": per_annotator,
+            "shared_pairs": len(shared),
+            "agreement": (agree / len(shared)) if shared else None,
+        }
 
     def preferences(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """ColossalChat-form records ``{"context", "chosen", "rejected"}`` (messages with ``from``) for every
@@ -276,9 +318,13 @@ class Store:
         latest = self._latest()
         records: list[dict[str, Any]] = []
         left_out = {"tie": 0, "skip": 0, "conflict": 0}
-        rows = {r[0]: r[1:] for r in self.db.execute(
-            "SELECT p.id, q.messages, l.text, r.text FROM pairs p JOIN prompts q ON q.id = p.prompt_id "
-            "JOIN responses l ON l.id = p.left_id JOIN responses r ON r.id = p.right_id")}
+        rows = {
+            r[0]: r[1:]
+            for r in self.db.execute(
+                "SELECT p.id, q.messages, l.text, r.text FROM pairs p JOIN prompts q ON q.id = p.prompt_id "
+                "JOIN responses l ON l.id = p.left_id JOIN responses r ON r.id = p.right_id"
+            )
+        }
         for pair_id in sorted(latest):
             choices = {c for c in latest[pair_id].values() if c != "skip"}
             if not choices:
@@ -292,9 +338,13 @@ class Store:
                 continue
             messages, left, right = rows[pair_id]
             chosen, rejected = (left, right) if choices == {"A"} else (right, left)
-            records.append({"context": [{"from": m["role"], "content": m["content"]} for m in json.loads(messages)],
-                            "chosen": [{"from": "assistant", "content": chosen}],
-                            "rejected": [{"from": "assistant", "content": rejected}]})
+            records.append(
+                {
+                    "context": [{"from": m["role"], "content": m["content"]} for m in json.loads(messages)],
+                    "chosen": [{"from": "assistant", "content": chosen}],
+                    "rejected": [{"from": "assistant", "content": rejected}],
+                }
+            )
         return records, left_out
 
 
@@ -308,8 +358,9 @@ class _Tx:
         self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         return False
 
@@ -322,8 +373,10 @@ def _rowid(cur: sqlite3.Cursor) -> int:
 
 def to_trl(record: dict[str, Any]) -> dict[str, Any]:
     """ColossalChat form -> TRL's conversational ``{"prompt", "chosen", "rejected"}`` (role/content)."""
+
     def msgs(side: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"role": m["from"], "content": m["content"]} for m in side]
+
     return {"prompt": msgs(record["context"]), "chosen": msgs(record["chosen"]), "rejected": msgs(record["rejected"])}
 
 

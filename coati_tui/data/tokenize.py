@@ -45,8 +45,9 @@ def ensure_template(tokenizer: Tokenizer, fallback: str | None = None) -> str:
         return fallback
     if getattr(tokenizer, "chat_template", None):
         return "tokenizer"
-    raise TemplateError("the tokenizer has no chat template; pass --template "
-                        + " or --template ".join(FALLBACK_TEMPLATES))
+    raise TemplateError(
+        "the tokenizer has no chat template; pass --template " + " or --template ".join(FALLBACK_TEMPLATES)
+    )
 
 
 def load_tokenizer(model: str, fallback: str | None = None) -> tuple[Tokenizer, str]:
@@ -75,16 +76,17 @@ def end_token(tokenizer: Tokenizer, stop_ids: list[int] | None = None) -> tuple[
     probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "PROBE"}]
     prefix = render(tokenizer, probe[:1], add_generation_prompt=True)
     full = render(tokenizer, probe)
-    if not full.startswith(prefix) or "PROBE" not in full[len(prefix):]:
+    if not full.startswith(prefix) or "PROBE" not in full[len(prefix) :]:
         raise TemplateError("the chat template does not render a conversation as a prefix of its continuation")
-    suffix = full[len(prefix):].split("PROBE", 1)[1]
+    suffix = full[len(prefix) :].split("PROBE", 1)[1]
     ids = tokenizer(suffix.lstrip(" "), add_special_tokens=False)["input_ids"] if suffix.strip() else []
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     if not ids or ids[0] not in special:
         raise TemplateError(
             f"the chat template ends assistant turns with {suffix!r}, not with a special token the tokenizer "
             "has: the model would never learn to stop. Use a template that closes turns with an end token "
-            f"(or --template {next(iter(FALLBACK_TEMPLATES))}).")
+            f"(or --template {next(iter(FALLBACK_TEMPLATES))})."
+        )
     stops = set(stop_ids if stop_ids is not None else [tokenizer.eos_token_id])
     return ids[0], ids[0] in stops
 
@@ -96,8 +98,9 @@ class Tokenized:
     truncated: bool
 
 
-def assistant_spans(tokenizer: Tokenizer, messages: list[Message],
-                    end_text: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer: Tokenizer, messages: list[Message], end_text: str | None = None
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of every assistant turn (its content + end token)."""
     full = render(tokenizer, messages)
     spans = []
@@ -107,8 +110,9 @@ def assistant_spans(tokenizer: Tokenizer, messages: list[Message],
         prefix = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         upto = render(tokenizer, messages[: i + 1])
         if not upto.startswith(prefix) or not full.startswith(upto):
-            raise TemplateError("the chat template changes earlier turns as the conversation grows; "
-                                "cannot tell assistant tokens apart")
+            raise TemplateError(
+                "the chat template changes earlier turns as the conversation grows; cannot tell assistant tokens apart"
+            )
         start, end = len(prefix), len(upto)
         if end_text and end_text in full[start:end]:  # stop after the end token (not the newline after it)
             end = full.rindex(end_text, start, end) + len(end_text)
@@ -128,8 +132,9 @@ def tokenize_sft(tokenizer: Tokenizer, messages: list[Message], max_len: int, en
     return Tokenized(ids[:max_len], labels[:max_len], truncated)
 
 
-def tokenize_pair(tokenizer: Tokenizer, pair: Pair, max_len: int,
-                  end_text: str | None = None) -> tuple[list[int], list[int], bool]:
+def tokenize_pair(
+    tokenizer: Tokenizer, pair: Pair, max_len: int, end_text: str | None = None
+) -> tuple[list[int], list[int], bool]:
     """(chosen ids, rejected ids, truncated). Each ends at the answer's end token (what follows it in the
     template is cut), where PPO reads the score of a generated answer too. Over-long sequences keep their
     end: the score is read there."""
@@ -145,8 +150,9 @@ def tokenize_pair(tokenizer: Tokenizer, pair: Pair, max_len: int,
     return out[0], out[1], truncated
 
 
-def prepare_sft(tokenizer: Tokenizer, conversations: list[list[Message]], max_len: int,
-                source: str = "<data>") -> tuple[list[Tokenized], dict[str, int]]:
+def prepare_sft(
+    tokenizer: Tokenizer, conversations: list[list[Message]], max_len: int, source: str = "<data>"
+) -> tuple[list[Tokenized], dict[str, int]]:
     """Tokenize all; returns (examples, stats). Examples that lost every assistant token are dropped."""
     end_id, _ = end_token(tokenizer)
     end_text = tokenizer.convert_ids_to_tokens(end_id)
@@ -163,16 +169,21 @@ def prepare_sft(tokenizer: Tokenizer, conversations: list[list[Message]], max_le
             dropped += 1
             continue
         examples.append(tok)
-    stats = {"examples": len(examples), "truncated": truncated, "dropped_no_assistant_tokens": dropped,
-             "tokens": sum(len(e.input_ids) for e in examples),
-             "loss_tokens": sum(sum(x != -100 for x in e.labels) for e in examples)}
+    stats = {
+        "examples": len(examples),
+        "truncated": truncated,
+        "dropped_no_assistant_tokens": dropped,
+        "tokens": sum(len(e.input_ids) for e in examples),
+        "loss_tokens": sum(sum(x != -100 for x in e.labels) for e in examples),
+    }
     if not examples:
         raise DataError(source, None, None, f"no example keeps an assistant token within max_len={max_len}")
     return examples, stats
 
 
-def prepare_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
-                  source: str = "<data>") -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
+def prepare_pairs(
+    tokenizer: Tokenizer, pairs: list[Pair], max_len: int, source: str = "<data>"
+) -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
     end_id, _ = end_token(tokenizer)
     end_text = tokenizer.convert_ids_to_tokens(end_id)
     examples, truncated = [], 0
@@ -183,22 +194,23 @@ def prepare_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
             raise DataError(source, f"record {n}", None, f"the chat template refused it: {exc}") from exc
         truncated += t
         examples.append((c, r))
-    stats = {"examples": len(examples), "truncated": truncated,
-             "tokens": sum(len(c) + len(r) for c, r in examples)}
+    stats = {"examples": len(examples), "truncated": truncated, "tokens": sum(len(c) + len(r) for c, r in examples)}
     return examples, stats
 
 
-def tokenize_answer(tokenizer: Tokenizer, prompt: list[Message], answer: list[Message], max_len: int,
-                    end_text: str | None = None) -> Tokenized:
+def tokenize_answer(
+    tokenizer: Tokenizer, prompt: list[Message], answer: list[Message], max_len: int, end_text: str | None = None
+) -> Tokenized:
     """``prompt + answer`` with labels on the answer's tokens only (the last turns, up to and including
     its end token). Too long: the prompt loses tokens from its start (one is always kept), then the
     answer is cut at its end. Used by the preference methods (DPO, SimPO, ORPO, KTO)."""
     prefix = render(tokenizer, prompt, add_generation_prompt=True)
     text = render(tokenizer, prompt + answer)
     if not text.startswith(prefix):
-        raise TemplateError("the chat template changes the prompt when an answer follows; cannot tell the "
-                            "answer's tokens apart")
-    if end_text and end_text in text[len(prefix):]:
+        raise TemplateError(
+            "the chat template changes the prompt when an answer follows; cannot tell the answer's tokens apart"
+        )
+    if end_text and end_text in text[len(prefix) :]:
         text = text[: text.rindex(end_text) + len(end_text)]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
@@ -211,8 +223,9 @@ def tokenize_answer(tokenizer: Tokenizer, prompt: list[Message], answer: list[Me
     return Tokenized(ids, labels, truncated)
 
 
-def prepare_preferences(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
-                        source: str = "<data>") -> tuple[list[tuple[Tokenized, Tokenized]], dict[str, int]]:
+def prepare_preferences(
+    tokenizer: Tokenizer, pairs: list[Pair], max_len: int, source: str = "<data>"
+) -> tuple[list[tuple[Tokenized, Tokenized]], dict[str, int]]:
     """(chosen, rejected) with answer-only labels, and stats. A pair whose answer lost every token stops
     the run naming the record."""
     end_id, _ = end_token(tokenizer)
@@ -221,8 +234,10 @@ def prepare_preferences(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
     truncated = 0
     for n, pair in enumerate(pairs, 1):
         try:
-            sides = [tokenize_answer(tokenizer, pair.prompt, side, max_len, end_text)
-                     for side in (pair.chosen, pair.rejected)]
+            sides = [
+                tokenize_answer(tokenizer, pair.prompt, side, max_len, end_text)
+                for side in (pair.chosen, pair.rejected)
+            ]
         except TemplateError:
             raise
         except Exception as exc:
@@ -232,15 +247,19 @@ def prepare_preferences(tokenizer: Tokenizer, pairs: list[Pair], max_len: int,
                 raise DataError(source, f"record {n}", name, f"no answer token left within max_len={max_len}")
         truncated += any(t.truncated for t in sides)
         examples.append((sides[0], sides[1]))
-    stats = {"examples": len(examples), "truncated": truncated,
-             "tokens": sum(len(c.input_ids) + len(r.input_ids) for c, r in examples)}
+    stats = {
+        "examples": len(examples),
+        "truncated": truncated,
+        "tokens": sum(len(c.input_ids) + len(r.input_ids) for c, r in examples),
+    }
     if not examples:
         raise DataError(source, None, None, "no preference pairs")
     return examples, stats
 
 
-def prepare_labelled(tokenizer: Tokenizer, examples: list[Labelled], max_len: int, seed: int = 0,
-                     source: str = "<data>") -> tuple[list[tuple[Tokenized, Tokenized, bool]], dict[str, int]]:
+def prepare_labelled(
+    tokenizer: Tokenizer, examples: list[Labelled], max_len: int, seed: int = 0, source: str = "<data>"
+) -> tuple[list[tuple[Tokenized, Tokenized, bool]], dict[str, int]]:
     """KTO: (answer, mismatched answer, desirable) per example. The mismatched one is another example's
     answer to this prompt (a fixed seeded pairing, so its reference log-probs can be cached): the batch's
     KL estimate reads them."""
@@ -265,6 +284,10 @@ def prepare_labelled(tokenizer: Tokenizer, examples: list[Labelled], max_len: in
             raise DataError(source, f"example {n + 1}", "completion", f"no answer token left within max_len={max_len}")
         truncated += answer.truncated
         out.append((answer, other, ex.desirable))
-    stats = {"examples": len(out), "desirable": sum(d for *_, d in out), "truncated": truncated,
-             "tokens": sum(len(a.input_ids) for a, _, _ in out)}
+    stats = {
+        "examples": len(out),
+        "desirable": sum(d for *_, d in out),
+        "truncated": truncated,
+        "tokens": sum(len(a.input_ids) for a, _, _ in out),
+    }
     return out, stats

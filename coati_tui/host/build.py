@@ -12,8 +12,17 @@ from coati_tui.core import presets
 from coati_tui.core.run_config import RunConfig
 
 
-def build(stage: str, model: str, data: str, preset_name: str | None = None, overrides: dict[str, Any] | None = None,
-          eval_data: str = "", reward: str = "", ptx_data: str = "", **settings: Any) -> RunConfig:
+def build(
+    stage: str,
+    model: str,
+    data: str,
+    preset_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    eval_data: str = "",
+    reward: str = "",
+    ptx_data: str = "",
+    **settings: Any,
+) -> RunConfig:
     """A validated RunConfig from what a user chose. No preset: the planner's pick for this machine.
     Raises ModelError / PresetError / ValueError with a message fit to show."""
     from coati_tui.core import hardware, modelinfo, planner
@@ -26,8 +35,16 @@ def build(stage: str, model: str, data: str, preset_name: str | None = None, ove
     preset = presets.load(preset_name).with_overrides(overrides or {}, "overrides")
     if reward:
         reward = str(modelinfo.resolve_model(reward).absolute())
-    cfg = RunConfig(stage=stage, model=str(folder.absolute()), data=_abs(data), preset=preset,
-                    eval_data=_abs(eval_data), reward=reward, ptx_data=_abs(ptx_data), **settings)
+    cfg = RunConfig(
+        stage=stage,
+        model=str(folder.absolute()),
+        data=_abs(data),
+        preset=preset,
+        eval_data=_abs(eval_data),
+        reward=reward,
+        ptx_data=_abs(ptx_data),
+        **settings,
+    )
     cfg.validate()
     return cfg
 

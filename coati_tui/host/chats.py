@@ -36,5 +36,5 @@ def chat_prompts(folder: Path | None = None) -> list[list[dict[str, Any]]]:
         system = [{"role": "system", "content": header["system"]}] if header.get("system") else []
         for i, m in enumerate(msgs):
             if m.get("role") == "user" and m.get("content", "").strip():
-                out.append(system + msgs[:i + 1])
+                out.append(system + msgs[: i + 1])
     return out

@@ -75,8 +75,14 @@ class GenerationClient:
         try:
             self.proc: subprocess.Popen[str] = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, model, "--quant", quant, "--dtype", dtype],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=write_end, text=True, encoding="utf-8",
-                bufsize=1, env=child_env())
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=write_end,
+                text=True,
+                encoding="utf-8",
+                bufsize=1,
+                env=child_env(),
+            )
         except BaseException:
             os.close(read_end)
             if log_file is not None:
@@ -85,8 +91,9 @@ class GenerationClient:
         finally:
             os.close(write_end)  # the child holds its own copy: EOF comes when it exits
         pipe = os.fdopen(read_end, "rb", buffering=0)
-        self._drain = threading.Thread(target=self._drain_stderr, args=(pipe, log_file),
-                                       name=f"worker-stderr-{self.proc.pid}", daemon=True)
+        self._drain = threading.Thread(
+            target=self._drain_stderr, args=(pipe, log_file), name=f"worker-stderr-{self.proc.pid}", daemon=True
+        )
         self._drain.start()
 
     def __repr__(self) -> str:
@@ -142,8 +149,13 @@ class GenerationClient:
         except subprocess.TimeoutExpired:  # stdout closed but still running: not ours to judge
             return
         if code != 0 and not self._stopping and (last is None or last["type"] != "error"):
-            yield events.make("error", kind="crash", message=f"the generation worker exited with {code}",
-                              log_tail=self.stderr_tail(), exit_code=code)
+            yield events.make(
+                "error",
+                kind="crash",
+                message=f"the generation worker exited with {code}",
+                log_tail=self.stderr_tail(),
+                exit_code=code,
+            )
 
     # ---- the process ---------------------------------------------------------------------------------
     @property
@@ -215,8 +227,10 @@ class GenerationClient:
                     if dropped:
                         with self._lock:
                             tail = self._tail
-                        log.write(f"\n[coati-tui: {dropped} more bytes of stderr; its last {len(tail)} follow]\n"
-                                  .encode() + tail)
+                        log.write(
+                            f"\n[coati-tui: {dropped} more bytes of stderr; its last {len(tail)} follow]\n".encode()
+                            + tail
+                        )
                     log.close()
                 except (OSError, ValueError):
                     pass

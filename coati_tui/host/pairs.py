@@ -109,9 +109,11 @@ class PairWriter:
         if prompt_id is None or which is None:
             return ""
         self.partial.setdefault(prompt_id, {})[which] = {
-            "text": ev["text"].strip(), "model": self.loaded[where]["model"],
+            "text": ev["text"].strip(),
+            "model": self.loaded[where]["model"],
             "sampling": {**SAMPLING, "seed": self.seeds.get(ev["id"])},
-            "gen_s": ev["tokens"] / max(ev["tokens_per_s"], 1e-9)}
+            "gen_s": ev["tokens"] / max(ev["tokens_per_s"], 1e-9),
+        }
         if len(self.partial[prompt_id]) < 2 or store is None:
             return "answer"
         got = self.partial.pop(prompt_id)
@@ -121,8 +123,15 @@ class PairWriter:
     def pump(self, store: prefstore.Store | None, ready: Callable[[], int]) -> bool:
         """Ask for the next pair while fewer than AHEAD wait (``ready()``: pairs pending beyond the one on
         screen, asked last: it reads the store); True when it asked."""
-        if (not self.workers or len(self.loaded) < len(self.workers) or self.stopped or self.inflight
-                or not self.prompts or store is None or ready() >= AHEAD):
+        if (
+            not self.workers
+            or len(self.loaded) < len(self.workers)
+            or self.stopped
+            or self.inflight
+            or not self.prompts
+            or store is None
+            or ready() >= AHEAD
+        ):
             return False
         item = self.prompts.popleft()
         prompt_id = store.add_prompt(item["messages"], item["source"])

@@ -24,15 +24,24 @@ def print_profile(prof: Profile, console: Console | None = None) -> None:
         for col in ("#", "name", "total", "free", "compute", "bf16", "driver"):
             t.add_column(col)
         for g in prof.gpus:
-            t.add_row(str(g.index), g.name, fmt_bytes(g.total_bytes), fmt_bytes(g.free_bytes),
-                      g.compute_capability, "yes" if g.bf16 else "no", g.driver)
+            t.add_row(
+                str(g.index),
+                g.name,
+                fmt_bytes(g.total_bytes),
+                fmt_bytes(g.free_bytes),
+                g.compute_capability,
+                "yes" if g.bf16 else "no",
+                g.driver,
+            )
         console.print(t)
     else:
         console.print(f"[yellow]No NVIDIA GPU[/] ({prof.nvml_error}): training runs on the CPU.")
     c = prof.cpu
-    console.print(f"CPU RAM {fmt_bytes(c.ram_available_bytes)} free of {fmt_bytes(c.ram_total_bytes)}, "
-                  f"{c.cores} cores ({c.threads} threads); "
-                  f"disk {fmt_bytes(prof.disk_free_bytes)} free at {prof.disk_path}")
+    console.print(
+        f"CPU RAM {fmt_bytes(c.ram_available_bytes)} free of {fmt_bytes(c.ram_total_bytes)}, "
+        f"{c.cores} cores ({c.threads} threads); "
+        f"disk {fmt_bytes(prof.disk_free_bytes)} free at {prof.disk_path}"
+    )
     t = Table(title="Stacks")
     t.add_column("package")
     t.add_column("version")
@@ -62,8 +71,11 @@ def print_plan(result: Plan, breakdown: bool = False, console: Console | None = 
     """One row per preset, one column per stage ("GPU/CPU verdict"); the reasons below the table."""
     console = console or Console()
     m = result.machine
-    where = (f"{m.gpu_name} {fmt_bytes(m.gpu_total_bytes)}" if m.device == "cuda" else "CPU only") + \
-        f", RAM {fmt_bytes(m.cpu_total_bytes)}" + (" (described)" if m.described else "")
+    where = (
+        (f"{m.gpu_name} {fmt_bytes(m.gpu_total_bytes)}" if m.device == "cuda" else "CPU only")
+        + f", RAM {fmt_bytes(m.cpu_total_bytes)}"
+        + (" (described)" if m.described else "")
+    )
     approx = "" if result.exact_params else " (unknown family: counted as Llama)"
     console.print(f"[bold]{result.model}[/]: {result.model_type}, {fmt_count(result.params)} parameters{approx}")
     console.print(f"Planning for {where}. Cells: peak {'GPU/CPU' if m.device == 'cuda' else 'RAM'} and verdict.")
@@ -81,8 +93,11 @@ def print_plan(result: Plan, breakdown: bool = False, console: Console | None = 
         cells = []
         for st in stages:
             r = rows[st]
-            size = (f"{short_bytes(r.gpu_bytes)}/{short_bytes(r.cpu_bytes)}" if r.device == "cuda"
-                    else short_bytes(r.cpu_bytes))
+            size = (
+                f"{short_bytes(r.gpu_bytes)}/{short_bytes(r.cpu_bytes)}"
+                if r.device == "cuda"
+                else short_bytes(r.cpu_bytes)
+            )
             cells.append(f"[{STATUS_STYLE[r.status]}]{size} {SYMBOL[r.status]}[/]")
             if r.status != "fits":
                 why.setdefault((name, r.reason + (f" Fix: {r.fix}" if r.fix else "")), []).append(st)
@@ -98,11 +113,14 @@ def print_plan(result: Plan, breakdown: bool = False, console: Console | None = 
                     items = ", ".join(f"{k} {short_bytes(v)}" for k, v in parts.items() if v)
                     console.print(f"  [dim]{r.preset} {r.stage} {side}:[/] {items}")
     if result.recommended:
-        console.print(f"Recommended: [bold green]{result.recommended}[/] (the fastest preset that fits every "
-                      f"planned stage with a safety margin)")
+        console.print(
+            f"Recommended: [bold green]{result.recommended}[/] (the fastest preset that fits every "
+            f"planned stage with a safety margin)"
+        )
     else:
-        console.print("[red]No preset fits every stage.[/] "
-                      "Try a smaller --batch-size or --seq-len, or a smaller model.")
+        console.print(
+            "[red]No preset fits every stage.[/] Try a smaller --batch-size or --seq-len, or a smaller model."
+        )
 
 
 def print_presets(loaded: dict[str, Preset], console: Console | None = None) -> None:
@@ -112,6 +130,12 @@ def print_presets(loaded: dict[str, Preset], console: Console | None = None) -> 
         t.add_column(col, no_wrap=col == "name", overflow="fold")
     for name, p in loaded.items():
         needs = ", ".join(k for k in ("cuda", "colossalai", "bitsandbytes") if getattr(p.needs, k)) or "-"
-        t.add_row(name, method(p), p.precision,
-                  f"{p.train.batch_size} x {p.train.accumulation_steps} x {p.train.max_len}", needs, p.description)
+        t.add_row(
+            name,
+            method(p),
+            p.precision,
+            f"{p.train.batch_size} x {p.train.accumulation_steps} x {p.train.max_len}",
+            needs,
+            p.description,
+        )
     console.print(t)

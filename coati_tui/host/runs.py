@@ -55,30 +55,48 @@ def command(run_dir: Path, launch: Launch | None = None) -> list[str]:
     if not launch.distributed:
         return [sys.executable, "-m", "coati_tui.train", str(run_dir)]
     port = launch.master_port or (free_port() if launch.nnodes == 1 else 29500)
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}",
-            f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}",
-            f"--master-addr={launch.master_addr}", f"--master-port={port}",
-            "-m", "coati_tui.train", str(run_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={launch.nproc_per_node}",
+        f"--nnodes={launch.nnodes}",
+        f"--node-rank={launch.node_rank}",
+        f"--master-addr={launch.master_addr}",
+        f"--master-port={port}",
+        "-m",
+        "coati_tui.train",
+        str(run_dir),
+    ]
 
 
-def launch(run_dir: Path, launch: Launch | None = None, stderr: IO[Any] | int | None = None,
-           detached: bool = False) -> subprocess.Popen[str]:
+def launch(
+    run_dir: Path, launch: Launch | None = None, stderr: IO[Any] | int | None = None, detached: bool = False
+) -> subprocess.Popen[str]:
     """Start the trainer; its stdout carries the events (one JSON object per line).
 
     ``detached`` (the app): stdout is not read (the app tails events.jsonl instead) and the child gets its
     own session, so it trains on when the app closes and the app re-attaches from the run folder."""
     log = open(Path(run_dir) / "child.log", "ab") if stderr is None else stderr
-    return subprocess.Popen(command(run_dir, launch), stdout=subprocess.DEVNULL if detached else subprocess.PIPE,
-                            stderr=log, text=True, encoding="utf-8", env=child_env(), bufsize=1,
-                            start_new_session=detached)
+    return subprocess.Popen(
+        command(run_dir, launch),
+        stdout=subprocess.DEVNULL if detached else subprocess.PIPE,
+        stderr=log,
+        text=True,
+        encoding="utf-8",
+        env=child_env(),
+        bufsize=1,
+        start_new_session=detached,
+    )
 
 
 def spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a coati-tui command (e.g. the demo) detached from the app: its own session, output to a log.
     The app follows its run folders' events.jsonl, and SIGINT to the session cancels it cleanly."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"), env=child_env(),
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"), env=child_env(), start_new_session=True
+    )
 
 
 def demo_command(resume: bool = False) -> list[str]:
@@ -164,9 +182,14 @@ def status(run_dir: Path) -> dict[str, Any]:
         state = end["status"] if end["type"] == "done" else "failed"
     elif evs and alive(run_dir) is None:
         state = "stopped"  # killed without a word (kill -9, power loss): resume from the last checkpoint
-    return {"run": str(run_dir), "stage": start["stage"] if start else None, "status": state,
-            "step": steps[-1]["step"] if steps else 0, "loss": steps[-1]["loss"] if steps else None,
-            "final": (Path(run_dir) / "final").is_dir()}
+    return {
+        "run": str(run_dir),
+        "stage": start["stage"] if start else None,
+        "status": state,
+        "step": steps[-1]["step"] if steps else 0,
+        "loss": steps[-1]["loss"] if steps else None,
+        "final": (Path(run_dir) / "final").is_dir(),
+    }
 
 
 def config_of(spec: str | Path) -> RunConfig | None:
@@ -250,8 +273,12 @@ def retry_with(run_dir: Path, preset_name: str) -> tuple[Path, bool]:
     cfg = dataclasses.replace(cfg, preset=new)
     out = new_run_dir(cfg.stage, cfg.model)
     cfg.write(out)
-    same_adapters = (new.strategy == "naive" and RunConfig.read(run_dir).preset.strategy == "naive"
-                     and not new.full_finetune and new.lora.rank == RunConfig.read(run_dir).preset.lora.rank)
+    same_adapters = (
+        new.strategy == "naive"
+        and RunConfig.read(run_dir).preset.strategy == "naive"
+        and not new.full_finetune
+        and new.lora.rank == RunConfig.read(run_dir).preset.lora.rank
+    )
     found = paths.checkpoints(run_dir)
     if same_adapters and found:
         shutil.copytree(found[-1], out / "checkpoints" / found[-1].name)

@@ -58,16 +58,20 @@ class PairRecipe(SupervisedRecipe):
             train_set, held = split(list(zip(examples, pairs)), cfg.eval_split, cfg.seed)
         self.held_prompts = [pair.prompt for _, pair in held]  # the demo task's true score answers them
         items = [PrefItem(c, r, i) for i, ((c, r), _) in enumerate(train_set + held)]
-        self.run.info(f"data: {self.stats['examples']} pairs, {self.stats['truncated']} truncated to {max_len} "
-                      f"tokens; {len(held)} held out", data=self.stats)
-        return items[: len(train_set)], items[len(train_set):]
+        self.run.info(
+            f"data: {self.stats['examples']} pairs, {self.stats['truncated']} truncated to {max_len} "
+            f"tokens; {len(held)} held out",
+            data=self.stats,
+        )
+        return items[: len(train_set)], items[len(train_set) :]
 
     def load_model(self) -> None:
         from coati_tui.trainer import models, strategy
 
         self.device = models.pick_device()
-        prepared = models.load_model(self.cfg.model, self.preset, "sft", self.device,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+        prepared = models.load_model(
+            self.cfg.model, self.preset, "sft", self.device, pad_token_id=self.tokenizer.pad_token_id
+        )
         self.model = prepared.model
         self.strategy = strategy.make_strategy(self.preset, self.device, prepared.dtype_name)
         self.ref_cache: Any = None
@@ -157,7 +161,7 @@ class PairRecipe(SupervisedRecipe):
         self.model.eval()
         with torch.no_grad():
             for i in range(0, len(every), self.batch_size):
-                chunk = every[i: i + self.batch_size]
+                chunk = every[i : i + self.batch_size]
                 c, r = self.answer_logps(self.collate(chunk))[0].float().cpu().chunk(2)
                 out[[x.index for x in chunk]] = torch.stack([c, r], 1)
         self.model.train()
@@ -194,7 +198,7 @@ class PairRecipe(SupervisedRecipe):
     def eval_metrics(self) -> dict[str, Any]:
         sums: dict[str, float] = {}
         for i in range(0, len(self.held), self.batch_size):
-            chunk = self.held[i: i + self.batch_size]
+            chunk = self.held[i : i + self.batch_size]
             loss, m = self.pair_loss(self.collate(chunk))
             for k, v in {"loss": loss, **m}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
@@ -213,28 +217,42 @@ class PairRecipe(SupervisedRecipe):
         from coati_tui.data.tokenize import render
 
         model = self.strategy.unwrap(self.model)
-        gen = GenerationConfig(do_sample=True, temperature=0.7, max_new_tokens=24, eos_token_id=self.end_id,
-                               pad_token_id=self.tokenizer.pad_token_id)
+        gen = GenerationConfig(
+            do_sample=True,
+            temperature=0.7,
+            max_new_tokens=24,
+            eos_token_id=self.end_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         total = 0.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed + 1)
             for messages in self.held_prompts:
-                ids = self.tokenizer(render(self.tokenizer, messages, add_generation_prompt=True),
-                                     add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+                ids = self.tokenizer(
+                    render(self.tokenizer, messages, add_generation_prompt=True),
+                    add_special_tokens=False,
+                    return_tensors="pt",
+                )["input_ids"].to(self.device)
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
-                text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+                text = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
                 total += true_score(messages, text)
         return total / max(1, len(self.held_prompts))
 
     def write_final(self, model: Any, folder: Path, weights: Path | None) -> None:
         from coati_tui.trainer.final import write_final
 
-        write_final(model, self.tokenizer, folder, self.end_id, stage=self.cfg.stage, base=self.cfg.model,
-                    weights=weights)
+        write_final(
+            model, self.tokenizer, folder, self.end_id, stage=self.cfg.stage, base=self.cfg.model, weights=weights
+        )
 
     def start_info(self) -> dict[str, Any]:
-        return {**super().start_info(), "template": self.template, "data": self.stats,
-                "loss_type": self.loss_name, "reference": self.reference}
+        return {
+            **super().start_info(),
+            "template": self.template,
+            "data": self.stats,
+            "loss_type": self.loss_name,
+            "reference": self.reference,
+        }
 
     @property
     def loss_name(self) -> str:
@@ -253,9 +271,14 @@ class DPO(PairRecipe):
 
 def _pair_metrics(rc: Any, rr: Any, c: Any, r: Any, n_c: Any, n_r: Any) -> dict[str, Any]:
     """Rewards of chosen and rejected, their margin, preference accuracy, per-token log-probs."""
-    return {"accuracy": (rc > rr).float().mean(), "margin": (rc - rr).mean(), "chosen_reward": rc.mean(),
-            "rejected_reward": rr.mean(), "logp_chosen": (c.detach() / n_c.clamp(min=1)).mean(),
-            "logp_rejected": (r.detach() / n_r.clamp(min=1)).mean()}
+    return {
+        "accuracy": (rc > rr).float().mean(),
+        "margin": (rc - rr).mean(),
+        "chosen_reward": rc.mean(),
+        "rejected_reward": rr.mean(),
+        "logp_chosen": (c.detach() / n_c.clamp(min=1)).mean(),
+        "logp_rejected": (r.detach() / n_r.clamp(min=1)).mean(),
+    }
 
 
 def main(run_dir: str | Path) -> None:

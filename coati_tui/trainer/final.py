@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
-def write_final(model: Any, tokenizer: Any, folder: Path, end_id: int, stage: str, base: str,
-                weights: Path | None = None, extra: Callable[[Path], None] | None = None, info: dict[str, Any] | None = None) -> None:
+def write_final(
+    model: Any,
+    tokenizer: Any,
+    folder: Path,
+    end_id: int,
+    stage: str,
+    base: str,
+    weights: Path | None = None,
+    extra: Callable[[Path], None] | None = None,
+    info: dict[str, Any] | None = None,
+) -> None:
     """Standard form: a PEFT adapter (LoRA) or a full model, with tokenizer and a generation config that
     stops on the template's end token. Written to a temp folder, then renamed. ``weights``: safetensors
     shards a sharded strategy already gathered (then only the config is written beside them)."""

@@ -39,16 +39,20 @@ class KTO(PairRecipe):
         prepared, self.stats = prepare_labelled(self.tokenizer, examples, max_len, cfg.seed, cfg.data)
         if cfg.eval_data:
             train_set = prepared
-            held = prepare_labelled(self.tokenizer, formats.load_for("kto", cfg.eval_data), max_len, cfg.seed,
-                                    cfg.eval_data)[0]
+            held = prepare_labelled(
+                self.tokenizer, formats.load_for("kto", cfg.eval_data), max_len, cfg.seed, cfg.eval_data
+            )[0]
         else:
             train_set, held = split(prepared, cfg.eval_split, cfg.seed)
         self.held_prompts = []
         items = [LabelledItem(a, kl, i, d) for i, (a, kl, d) in enumerate(train_set + held)]
         s = self.stats
-        self.run.info(f"data: {s['examples']} answers ({s['desirable']} desirable), {s['truncated']} truncated to "
-                      f"{max_len} tokens; {len(held)} held out", data=s)
-        return items[: len(train_set)], items[len(train_set):]
+        self.run.info(
+            f"data: {s['examples']} answers ({s['desirable']} desirable), {s['truncated']} truncated to "
+            f"{max_len} tokens; {len(held)} held out",
+            data=s,
+        )
+        return items[: len(train_set)], items[len(train_set) :]
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         import torch
@@ -64,13 +68,17 @@ class KTO(PairRecipe):
         answer, mismatched = logps.chunk(2)
         ref_answer, ref_mismatched = ref.chunk(2)
         kl = (mismatched - ref_mismatched).detach().mean()
-        loss, reward = prefs_math.kto(answer, ref_answer, batch["desirable"], kl, k.beta, k.desirable_weight,
-                                      k.undesirable_weight)
+        loss, reward = prefs_math.kto(
+            answer, ref_answer, batch["desirable"], kl, k.beta, k.desirable_weight, k.undesirable_weight
+        )
         good, bad = batch["desirable"], ~batch["desirable"]
         mean = lambda x, m: float(x[m].mean()) if bool(m.any()) else float("nan")  # noqa: E731
-        return loss.mean(), {"kl": float(kl.clamp(min=0)), "reward_desirable": mean(reward, good),
-                             "reward_undesirable": mean(reward, bad),
-                             "logp_answer": float((answer.detach() / n.chunk(2)[0].clamp(min=1)).mean())}
+        return loss.mean(), {
+            "kl": float(kl.clamp(min=0)),
+            "reward_desirable": mean(reward, good),
+            "reward_undesirable": mean(reward, bad),
+            "logp_answer": float((answer.detach() / n.chunk(2)[0].clamp(min=1)).mean()),
+        }
 
     def eval_metrics(self) -> dict[str, Any]:
         out = super().eval_metrics()

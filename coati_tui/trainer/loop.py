@@ -24,41 +24,62 @@ def train(recipe: Recipe) -> None:
     strategy, items = recipe.strategy, recipe.items
     micro_per_epoch = math.ceil(len(items) / recipe.batch_size) // strategy.world
     if micro_per_epoch == 0:
-        raise ConfigError(f"{len(items)} training items make fewer batches of {recipe.batch_size} than the "
-                          f"{strategy.world} processes: add data, lower the batch size or use fewer processes")
+        raise ConfigError(
+            f"{len(items)} training items make fewer batches of {recipe.batch_size} than the "
+            f"{strategy.world} processes: add data, lower the batch size or use fewer processes"
+        )
     total = math.ceil(micro_per_epoch / recipe.accumulation) * recipe.preset.train.max_epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     recipe.configure(total)
     state = run.load_checkpoint(recipe.load, recipe.state_cls)
     run.open_tensorboard()
-    run.emit("start", stage=cfg.stage, config=cfg.to_dict(), strategy=strategy.name, device=strategy.device,
-             precision=strategy.precision, total_steps=total, resumed_from=state.step, run_dir=str(run.dir),
-             **recipe.start_info())
+    run.emit(
+        "start",
+        stage=cfg.stage,
+        config=cfg.to_dict(),
+        strategy=strategy.name,
+        device=strategy.device,
+        precision=strategy.precision,
+        total_steps=total,
+        resumed_from=state.step,
+        run_dir=str(run.dir),
+        **recipe.start_info(),
+    )
     if recipe.eval_at_start and state.step == 0 and recipe.has_eval and cfg.eval_interval >= 0:
         _eval(run, recipe, 0)
     started, timed = time.perf_counter(), 0
     while state.step < total and not run.stop_requested:
         order = batches(len(items), recipe.batch_size, cfg.seed + state.epoch, [recipe.length(x) for x in items])
-        order = order[strategy.rank: micro_per_epoch * strategy.world: strategy.world]  # this process's share
+        order = order[strategy.rank : micro_per_epoch * strategy.world : strategy.world]  # this process's share
         while state.micro_in_epoch < len(order) and state.step < total and not run.stop_requested:
             t0 = time.perf_counter()
-            group = order[state.micro_in_epoch: state.micro_in_epoch + recipe.accumulation]
+            group = order[state.micro_in_epoch : state.micro_in_epoch + recipe.accumulation]
             step = recipe.train_step([[items[j] for j in idx] for idx in group], state)
             state.micro_in_epoch += len(group)
             state.step += 1
             dt = time.perf_counter() - t0
             timed += 1
             avg = (time.perf_counter() - started) / timed
-            run.emit("step", step=state.step, total_steps=total, epoch=state.epoch, loss=step.loss, lr=step.lr,
-                     tokens=step.tokens, tokens_per_s=step.tokens / dt, samples_per_s=step.samples / dt,
-                     eta_s=avg * (total - state.step), **strategy.memory(), **step.metrics)
+            run.emit(
+                "step",
+                step=state.step,
+                total_steps=total,
+                epoch=state.epoch,
+                loss=step.loss,
+                lr=step.lr,
+                tokens=step.tokens,
+                tokens_per_s=step.tokens / dt,
+                samples_per_s=step.samples / dt,
+                eta_s=avg * (total - state.step),
+                **strategy.memory(),
+                **step.metrics,
+            )
             run.scalars(recipe.scalar_prefix, state.step, {"loss": step.loss, **step.metrics})
             recipe.after_step(state)
             if cfg.save_interval and state.step % cfg.save_interval == 0 and state.step < total:
                 run.save_checkpoint(state, strategy, recipe.save)
-            if recipe.has_eval and cfg.eval_interval > 0 and state.step % cfg.eval_interval == 0 \
-                    and state.step < total:
+            if recipe.has_eval and cfg.eval_interval > 0 and state.step % cfg.eval_interval == 0 and state.step < total:
                 _eval(run, recipe, state.step)
         if state.micro_in_epoch >= len(order):
             state.epoch, state.micro_in_epoch = state.epoch + 1, 0
@@ -66,8 +87,13 @@ def train(recipe: Recipe) -> None:
                 _eval(run, recipe, state.step)
     if run.stop_requested and state.step < total:
         run.save_checkpoint(state, strategy, recipe.save)
-        run.emit("done", status="cancelled", step=state.step, total_steps=total,
-                 resume=f"coati-tui train {cfg.stage} --resume {run.dir}")
+        run.emit(
+            "done",
+            status="cancelled",
+            step=state.step,
+            total_steps=total,
+            resume=f"coati-tui train {cfg.stage} --resume {run.dir}",
+        )
         return
     if recipe.has_eval:
         _eval(run, recipe, state.step)
@@ -93,8 +119,8 @@ def batches(n: int, batch_size: int, seed: int, lengths: list[int]) -> list[list
     window = batch_size * 32
     out = []
     for start in range(0, n, window):
-        chunk = sorted(order[start: start + window], key=lambda i: -lengths[i])
-        out.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        out.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(out)
     return out
 

@@ -62,8 +62,12 @@ def load_kwargs(precision: str, bits: int = 0, device: str = "cpu", double_quant
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=bits == 4,
+            load_in_8bit=bits == 8,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
         kwargs["device_map"] = {"": device}
     return kwargs
 
@@ -81,8 +85,14 @@ def adapter_base(folder: str | Path) -> str | None:
     return str(base)
 
 
-def load_model(model_dir: str | Path, preset: Preset, stage: str, device: str | None = None,
-               pad_token_id: int | None = None, adapters: bool = True) -> Prepared:
+def load_model(
+    model_dir: str | Path,
+    preset: Preset,
+    stage: str,
+    device: str | None = None,
+    pad_token_id: int | None = None,
+    adapters: bool = True,
+) -> Prepared:
     """Load ``model_dir`` for ``stage`` ("sft" = causal LM, "rm" = one-label classifier) as ``preset`` says,
     for every strategy: naive models go to ``device``; under Gemini / ZeRO-2 they stay in CPU RAM in the
     preset's dtype until the booster wraps them (moving a model that only fits with offload would OOM).
@@ -96,8 +106,10 @@ def load_model(model_dir: str | Path, preset: Preset, stage: str, device: str | 
     kwargs["attn_implementation"] = "sdpa"
     base = adapter_base(model_dir)
     if base and preset.quant.bits:
-        raise ConfigError(f"{model_dir} is a LoRA adapter; merging it into a quantized base is lossy. "
-                          "Train this stage from a merged model, or with a non-quantized preset.")
+        raise ConfigError(
+            f"{model_dir} is a LoRA adapter; merging it into a quantized base is lossy. "
+            "Train this stage from a merged model, or with a non-quantized preset."
+        )
     if pad_token_id is not None:
         kwargs["pad_token_id"] = pad_token_id
     source = base or model_dir  # a LoRA run's output: its base with the adapter merged in

@@ -25,8 +25,11 @@ class ORPO(PairRecipe):
         n_c, n_r = n.chunk(2)
         odds_loss, rc, rr, log_odds = prefs_math.orpo(c, r, n_c, n_r, self.preset.orpo.beta)
         nll = -c.sum() / n_c.sum().clamp(min=1)  # the SFT loss on the chosen answers' tokens
-        return nll + odds_loss.mean(), {"nll": nll.detach(), "log_odds_ratio": log_odds.mean(),
-                                        **_pair_metrics(rc, rr, c, r, n_c, n_r)}
+        return nll + odds_loss.mean(), {
+            "nll": nll.detach(),
+            "log_odds_ratio": log_odds.mean(),
+            **_pair_metrics(rc, rr, c, r, n_c, n_r),
+        }
 
     @property
     def loss_name(self) -> str:

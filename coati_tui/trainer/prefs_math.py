@@ -23,8 +23,9 @@ from typing import Any
 Tensor = Any  # torch.Tensor; typed loosely so the module can be read without torch
 
 
-def dpo(c: Tensor, r: Tensor, ref_c: Tensor, ref_r: Tensor, beta: float,
-        label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+def dpo(
+    c: Tensor, r: Tensor, ref_c: Tensor, ref_r: Tensor, beta: float, label_smoothing: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
     import torch.nn.functional as F
 
     d = (c - ref_c) - (r - ref_r)
@@ -32,14 +33,16 @@ def dpo(c: Tensor, r: Tensor, ref_c: Tensor, ref_r: Tensor, beta: float,
     return loss, beta * (c - ref_c).detach(), beta * (r - ref_r).detach()
 
 
-def ipo(c: Tensor, r: Tensor, ref_c: Tensor, ref_r: Tensor, n_c: Tensor, n_r: Tensor,
-        beta: float) -> tuple[Tensor, Tensor, Tensor]:
+def ipo(
+    c: Tensor, r: Tensor, ref_c: Tensor, ref_r: Tensor, n_c: Tensor, n_r: Tensor, beta: float
+) -> tuple[Tensor, Tensor, Tensor]:
     d = (c - ref_c) / n_c.clamp(min=1) - (r - ref_r) / n_r.clamp(min=1)
     return (d - 1 / (2 * beta)) ** 2, beta * (c - ref_c).detach(), beta * (r - ref_r).detach()
 
 
-def simpo(c: Tensor, r: Tensor, n_c: Tensor, n_r: Tensor, beta: float, gamma: float,
-          label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+def simpo(
+    c: Tensor, r: Tensor, n_c: Tensor, n_r: Tensor, beta: float, gamma: float, label_smoothing: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
     import torch.nn.functional as F
 
     avg_c, avg_r = c / n_c.clamp(min=1), r / n_r.clamp(min=1)
@@ -59,8 +62,15 @@ def orpo(c: Tensor, r: Tensor, n_c: Tensor, n_r: Tensor, beta: float) -> tuple[T
     return -beta * F.logsigmoid(log_odds), beta * avg_c.detach(), beta * avg_r.detach(), log_odds.detach()
 
 
-def kto(logp: Tensor, ref: Tensor, desirable: Tensor, kl: Tensor, beta: float, desirable_weight: float,
-        undesirable_weight: float) -> tuple[Tensor, Tensor]:
+def kto(
+    logp: Tensor,
+    ref: Tensor,
+    desirable: Tensor,
+    kl: Tensor,
+    beta: float,
+    desirable_weight: float,
+    undesirable_weight: float,
+) -> tuple[Tensor, Tensor]:
     """(per-example loss (B,), reward beta * logratio (B,)). ``desirable``: (B,) bool; ``kl``: a scalar,
     the batch's mean log-ratio on mismatched (prompt, answer) pairs, clamped at 0 and not differentiated."""
     import torch

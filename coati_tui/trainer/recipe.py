@@ -168,8 +168,9 @@ class SupervisedRecipe(Recipe):
         self.n_params = sum(q.numel() for q in self.model.parameters())
         self.n_trainable = sum(q.numel() for q in trainable)
         optimizer = self.strategy.optimizer(trainable, lr=train.lr, weight_decay=train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(int(total_steps * train.warmup_ratio),
-                                                                         total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, cosine(int(total_steps * train.warmup_ratio), total_steps)
+        )
         self.model, self.optimizer, self.scheduler = self.strategy.boost(self.model, optimizer, scheduler)
         self.model.train()
 
@@ -221,9 +222,11 @@ class SupervisedRecipe(Recipe):
 
 def cosine(warmup: int, total: int) -> Any:
     """Linear warm-up, then a cosine decay to 10% of the peak learning rate."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return f

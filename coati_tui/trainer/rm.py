@@ -35,16 +35,20 @@ class RewardModel(SupervisedRecipe):
             held, _ = prepare_pairs(self.tokenizer, formats.load_preferences(cfg.eval_data), max_len, cfg.eval_data)
         else:
             train_set, held = split(examples, cfg.eval_split, cfg.seed)
-        self.run.info(f"data: {self.stats['examples']} pairs, {self.stats['truncated']} truncated to {max_len} "
-                      f"tokens; {len(held)} held out", data=self.stats)
+        self.run.info(
+            f"data: {self.stats['examples']} pairs, {self.stats['truncated']} truncated to {max_len} "
+            f"tokens; {len(held)} held out",
+            data=self.stats,
+        )
         return train_set, held
 
     def load_model(self) -> None:
         from coati_tui.trainer import models, strategy
 
         self.device = models.pick_device()
-        prepared = models.load_model(self.cfg.model, self.preset, "rm", self.device,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+        prepared = models.load_model(
+            self.cfg.model, self.preset, "rm", self.device, pad_token_id=self.tokenizer.pad_token_id
+        )
         self.model = prepared.model
         self.strategy = strategy.make_strategy(self.preset, self.device, prepared.dtype_name)
 
@@ -83,13 +87,18 @@ class RewardModel(SupervisedRecipe):
 
         c_all, r_all = [], []
         for i in range(0, len(self.held), self.batch_size):
-            c, r = self.scores(self.collate(self.held[i: i + self.batch_size])).chunk(2)
+            c, r = self.scores(self.collate(self.held[i : i + self.batch_size])).chunk(2)
             c_all.append(c)
             r_all.append(r)
         c, r = torch.cat(c_all), torch.cat(r_all)
-        return {"accuracy": float((c > r).float().mean()), "chosen_reward": float(c.mean()),
-                "rejected_reward": float(r.mean()), "margin": float((c - r).mean()),
-                "loss": float(-F.logsigmoid(c - r).mean()), "pairs": len(self.held)}
+        return {
+            "accuracy": float((c > r).float().mean()),
+            "chosen_reward": float(c.mean()),
+            "rejected_reward": float(r.mean()),
+            "margin": float((c - r).mean()),
+            "loss": float(-F.logsigmoid(c - r).mean()),
+            "pairs": len(self.held),
+        }
 
     def write_final(self, model: Any, folder: Path, weights: Path | None) -> None:
         from coati_tui.trainer.final import write_final
@@ -100,8 +109,16 @@ class RewardModel(SupervisedRecipe):
             adapter = folder.with_name(folder.name + ".adapter")
             model.save_pretrained(adapter)
             model = model.merge_and_unload()
-        write_final(model, self.tokenizer, folder, self.end_id, stage="rm", base=self.cfg.model, weights=weights,
-                    extra=(lambda tmp: adapter.rename(tmp / "adapter")) if adapter else None)
+        write_final(
+            model,
+            self.tokenizer,
+            folder,
+            self.end_id,
+            stage="rm",
+            base=self.cfg.model,
+            weights=weights,
+            extra=(lambda tmp: adapter.rename(tmp / "adapter")) if adapter else None,
+        )
 
     def start_info(self) -> dict[str, Any]:
         return {**super().start_info(), "template": self.template, "data": self.stats, "loss_fn": self.cfg.loss}

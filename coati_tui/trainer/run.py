@@ -15,8 +15,8 @@ import shutil
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from coati_tui.core import events, paths, procenv
 from coati_tui.core.errors import MissingDependency, error_kind
@@ -37,12 +37,13 @@ class Run:
         self.tb = None
 
     # ---- context: logging, signals, errors ------------------------------------------------------
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         handlers = [logging.StreamHandler(sys.stderr)]
         if self.main:
             handlers.append(logging.FileHandler(self.dir / "train.log", encoding="utf-8"))
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers,
-                            force=True)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True
+        )
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         if self.main:  # so a watcher that attaches later can find (and cancel) this process
@@ -60,8 +61,7 @@ class Run:
             log.error("".join(traceback.format_exception(exc_type, exc, tb)))
             for h in logging.getLogger().handlers:
                 h.flush()
-            self.emit("error", kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}",
-                      log_tail=self.log_tail())
+            self.emit("error", kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}", log_tail=self.log_tail())
             self.emit.close()
             raise SystemExit(1)
         self.emit.close()
@@ -111,8 +111,10 @@ class Run:
         strategy.barrier()
         write(tmp)
         rank = procenv.rank()  # each process's own random state: its own samples resume
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()},
-                   tmp / ("rng.pt" if rank == 0 else f"rng-{rank}.pt"))
+        torch.save(
+            {"torch": torch.get_rng_state(), "python": random.getstate()},
+            tmp / ("rng.pt" if rank == 0 else f"rng-{rank}.pt"),
+        )
         strategy.barrier()
         if self.main:
             (tmp / "state.json").write_text(json.dumps(state.__dict__))
@@ -143,9 +145,11 @@ class Run:
         launch = ckpt / "launch.json"
         before = json.loads(launch.read_text())["processes"] if launch.is_file() else procenv.world()
         if before != procenv.world():
-            message = (f"{ckpt} was written by {before} process(es), this run has {procenv.world()}: each process's "
-                       f"share of the data from here on differs from the uninterrupted run's (resume with "
-                       f"--nproc-per-node / --nnodes as before to repeat it)")
+            message = (
+                f"{ckpt} was written by {before} process(es), this run has {procenv.world()}: each process's "
+                f"share of the data from here on differs from the uninterrupted run's (resume with "
+                f"--nproc-per-node / --nnodes as before to repeat it)"
+            )
             log.warning(message)
             self.emit("log", level="warning", message=message)
         return state

@@ -36,9 +36,11 @@ class SFT(SupervisedRecipe):
         else:
             train_set, held = split(examples, cfg.eval_split, cfg.seed)
         s = self.stats
-        self.run.info(f"data: {s['examples']} examples, {s['truncated']} truncated to {max_len} tokens, "
-                      f"{s['dropped_no_assistant_tokens']} dropped (no assistant token left); {len(held)} held out",
-                      data=s)
+        self.run.info(
+            f"data: {s['examples']} examples, {s['truncated']} truncated to {max_len} tokens, "
+            f"{s['dropped_no_assistant_tokens']} dropped (no assistant token left); {len(held)} held out",
+            data=s,
+        )
         return train_set, held
 
     def load_model(self) -> None:
@@ -46,8 +48,9 @@ class SFT(SupervisedRecipe):
         from coati_tui.trainer import models, strategy
 
         self.device = models.pick_device()
-        prepared = models.load_model(self.cfg.model, self.preset, "sft", self.device,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+        prepared = models.load_model(
+            self.cfg.model, self.preset, "sft", self.device, pad_token_id=self.tokenizer.pad_token_id
+        )
         self.model = prepared.model
         self.strategy = strategy.make_strategy(self.preset, self.device, prepared.dtype_name)
         self.end_id, self.stops = end_token(self.tokenizer, stop_ids(prepared.model, self.tokenizer))
@@ -69,7 +72,7 @@ class SFT(SupervisedRecipe):
     def eval_metrics(self) -> dict[str, Any]:
         total, n = 0.0, 0
         for i in range(0, len(self.held), self.batch_size):
-            batch = self.collate(self.held[i: i + self.batch_size])
+            batch = self.collate(self.held[i : i + self.batch_size])
             loss = self.loss_step(batch)[0]
             k = int((batch["labels"][:, 1:] != -100).sum())
             total, n = total + float(loss) * k, n + k
@@ -81,8 +84,13 @@ class SFT(SupervisedRecipe):
         write_final(model, self.tokenizer, folder, self.end_id, stage="sft", base=self.cfg.model, weights=weights)
 
     def start_info(self) -> dict[str, Any]:
-        return {**super().start_info(), "template": self.template, "end_token_id": self.end_id,
-                "stops_on_end_token": self.stops, "data": self.stats}
+        return {
+            **super().start_info(),
+            "template": self.template,
+            "end_token_id": self.end_id,
+            "stops_on_end_token": self.stops,
+            "data": self.stats,
+        }
 
 
 def sft_batch(items: list[Any], pad_id: int, device: str) -> dict[str, Any]:

@@ -32,21 +32,25 @@ def linear_targets(model, targets: str | list) -> list[str]:
 
 # ---- strategies ------------------------------------------------------------------------------------
 
+
 def check_requirements(preset: Preset) -> None:
     """Before any model is loaded: what the preset needs and this machine lacks, with the fix."""
     import importlib.util
 
-
     if preset.needs.colossalai and importlib.util.find_spec("colossalai") is None:
-        raise MissingDependency(f"preset {preset.name} needs colossalai: pip install 'coati-tui[colossalai]' "
-                                "(in its own virtual environment: it pins torch<=2.5.1, transformers 4.51.3)")
+        raise MissingDependency(
+            f"preset {preset.name} needs colossalai: pip install 'coati-tui[colossalai]' "
+            "(in its own virtual environment: it pins torch<=2.5.1, transformers 4.51.3)"
+        )
     if preset.needs.cuda:
         import torch
 
         if not torch.cuda.is_available():
             why = "torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise MissingDependency(f"preset {preset.name} ({preset.strategy}) needs a CUDA GPU; {why}. "
-                                    "Pick lora_naive or qlora_naive here.")
+            raise MissingDependency(
+                f"preset {preset.name} ({preset.strategy}) needs a CUDA GPU; {why}. "
+                "Pick lora_naive or qlora_naive here."
+            )
     if preset.quant.bits and importlib.util.find_spec("bitsandbytes") is None:
         raise MissingDependency(f"preset {preset.name} needs bitsandbytes: pip install bitsandbytes")
 
@@ -58,8 +62,9 @@ def distributed_env() -> tuple[int, int]:
     from coati_tui.core.procenv import free_port
 
     if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
@@ -124,8 +129,7 @@ class Naive:
             import torch
             import torch.distributed as dist
 
-            t = torch.tensor([value], dtype=torch.float64,
-                             device="cuda" if self.device == "cuda" else "cpu")
+            t = torch.tensor([value], dtype=torch.float64, device="cuda" if self.device == "cuda" else "cpu")
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             value = float(t.item())
         return value
@@ -168,8 +172,11 @@ class Naive:
         if self.device == "cuda":
             import torch
 
-            out.update(gpu_allocated=torch.cuda.memory_allocated(), gpu_reserved=torch.cuda.memory_reserved(),
-                       gpu_peak=torch.cuda.max_memory_allocated())
+            out.update(
+                gpu_allocated=torch.cuda.memory_allocated(),
+                gpu_reserved=torch.cuda.memory_reserved(),
+                gpu_peak=torch.cuda.max_memory_allocated(),
+            )
         return out
 
     @property
@@ -193,8 +200,11 @@ class Colossal(Naive):
         mixed = "bf16" if precision == "bf16" else "fp16"
         if preset.strategy == "gemini":
             o = preset.offload
-            extra = {} if o.placement == "auto" else {"offload_optim_frac": o.optim_frac,
-                                                      "offload_param_frac": o.param_frac}
+            extra = (
+                {}
+                if o.placement == "auto"
+                else {"offload_optim_frac": o.optim_frac, "offload_param_frac": o.param_frac}
+            )
             # without it a second backward before the step overwrites the first one's gradients (Gemini
             # reuses the weights' bf16 chunk for them); it costs that reuse, so only when accumulating
             extra["enable_gradient_accumulation"] = preset.train.accumulation_steps > 1

@@ -79,8 +79,16 @@ def train_tokenizer(vocab_size: int = 1024, corpus: list[str] | None = None):
     )
 
 
-def llama_config(vocab_size: int, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                 intermediate: int | None = None, max_positions: int = 1024, **extra):
+def llama_config(
+    vocab_size: int,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 1024,
+    **extra,
+):
     from transformers import LlamaConfig
 
     cfg = config_dict(vocab_size, layers, hidden, heads, kv_heads, intermediate, max_positions)
@@ -88,10 +96,20 @@ def llama_config(vocab_size: int, layers: int = 2, hidden: int = 64, heads: int 
     return LlamaConfig(**cfg, **extra)
 
 
-def build_tiny_model(out_dir: str | Path, kind: str = "causal", *, layers: int = 2, hidden: int = 64,
-                     heads: int = 4, kv_heads: int = 2, intermediate: int | None = None,
-                     vocab_size: int = 1024, seed: int = 0, corpus: list[str] | None = None,
-                     tokenizer=None) -> Path:
+def build_tiny_model(
+    out_dir: str | Path,
+    kind: str = "causal",
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    vocab_size: int = 1024,
+    seed: int = 0,
+    corpus: list[str] | None = None,
+    tokenizer=None,
+) -> Path:
     """Write a tiny model folder (``kind``: "causal" or "reward") and return its path."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM, LlamaForSequenceClassification
@@ -101,8 +119,15 @@ def build_tiny_model(out_dir: str | Path, kind: str = "causal", *, layers: int =
     out = Path(out_dir)
     tok = tokenizer or train_tokenizer(vocab_size, corpus)
     cfg = llama_config(
-        len(tok), layers, hidden, heads, kv_heads, intermediate,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        len(tok),
+        layers,
+        hidden,
+        heads,
+        kv_heads,
+        intermediate,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     torch.manual_seed(seed)
     if kind == "reward":
@@ -111,8 +136,13 @@ def build_tiny_model(out_dir: str | Path, kind: str = "causal", *, layers: int =
     else:
         model = LlamaForCausalLM(cfg)
         model.generation_config = GenerationConfig(
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-            do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=64,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            max_new_tokens=64,
         )
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -24,15 +24,19 @@ class CoatiApp(App):
     TITLE = "coati-tui"
     SUB_TITLE = f"RLHF on one GPU · v{__version__}"
     CSS_PATH = "app.tcss"
-    BINDINGS = [("q", "quit", "Quit"), ("question_mark", "help", "Help"),
-                Binding("f1", "switch_mode('train')", "Train", show=False),
-                Binding("f2", "switch_mode('chat')", "Chat", show=False),
-                Binding("f3", "switch_mode('rank')", "Rank", show=False)]
+    BINDINGS = [
+        ("q", "quit", "Quit"),
+        ("question_mark", "help", "Help"),
+        Binding("f1", "switch_mode('train')", "Train", show=False),
+        Binding("f2", "switch_mode('chat')", "Chat", show=False),
+        Binding("f3", "switch_mode('rank')", "Rank", show=False),
+    ]
     MODES = {"train": HomeScreen, "chat": lambda: _chat_screen(), "rank": lambda: _rank_screen()}
     DEFAULT_MODE = "train"
 
-    def __init__(self, model: str | None = None, mode: str = "train", quant: str = "none",
-                 rank: dict | None = None) -> None:
+    def __init__(
+        self, model: str | None = None, mode: str = "train", quant: str = "none", rank: dict | None = None
+    ) -> None:
         self.model = model  # Home (the train mode's first screen) plans this model; Chat loads it
         self.start_mode, self.quant = mode, quant
         self.rank_options = rank or {}  # `coati-tui rank`: store, second model, prompts, annotator
@@ -50,8 +54,9 @@ class CoatiApp(App):
     def on_open_run(self, msg: OpenRun) -> None:
         from coati_tui.ui.screens.train import TrainScreen
 
-        self.push_screen(TrainScreen(msg.run_dir, start=msg.start, gpu_total=msg.gpu_total,
-                                     ram_total=msg.ram_total, demo=msg.demo))
+        self.push_screen(
+            TrainScreen(msg.run_dir, start=msg.start, gpu_total=msg.gpu_total, ram_total=msg.ram_total, demo=msg.demo)
+        )
 
     def on_show_runs(self, _msg: ShowRuns) -> None:
         from coati_tui.ui.screens.runs import RunsScreen
@@ -84,8 +89,11 @@ class CoatiApp(App):
         for b in getattr(screen, "BINDINGS", []):
             b = b if isinstance(b, Binding) else Binding(*b)
             if b.description and not b.action.startswith("app."):
-                yield SystemCommand(b.description, f"{type(screen).__name__.replace('Screen', '')} · key {b.key}",
-                                    lambda s=screen, a=b.action: self.call_later(s.run_action, a))
+                yield SystemCommand(
+                    b.description,
+                    f"{type(screen).__name__.replace('Screen', '')} · key {b.key}",
+                    lambda s=screen, a=b.action: self.call_later(s.run_action, a),
+                )
         yield SystemCommand("Help", "keys and how the loop works", self.action_help)
 
 

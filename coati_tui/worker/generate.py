@@ -24,10 +24,9 @@ import sys
 import threading
 import time
 
-
 from coati_tui.core import events
-from coati_tui.core.events import DTYPES, QUANTS
 from coati_tui.core.errors import CoatiError, error_kind, transformers_major
+from coati_tui.core.events import DTYPES, QUANTS
 
 
 class WorkerError(CoatiError):
@@ -40,7 +39,6 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     """(model, tokenizer, info) ready to generate; WorkerError names what is wrong."""
     import importlib.util
 
-    import torch
     from transformers import AutoModelForCausalLM
 
     from coati_tui.core import modelinfo
@@ -58,8 +56,11 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     gptq = (config.get("quantization_config") or {}).get("quant_method") == "gptq"
     bits = {"4bit": 4, "8bit": 8}.get(quant, 0) if not gptq else 0
     if quant == "gptq" and not gptq:
-        raise WorkerError("config", f"{folder} is not a GPTQ checkpoint (its config.json has no GPTQ "
-                                    "quantization_config): make one with `coati-tui quantize`")
+        raise WorkerError(
+            "config",
+            f"{folder} is not a GPTQ checkpoint (its config.json has no GPTQ "
+            "quantization_config): make one with `coati-tui quantize`",
+        )
     if gptq:
         if importlib.util.find_spec("gptqmodel") is None:
             raise WorkerError("missing_dependency", f"{folder} is a GPTQ checkpoint: pip install 'coati-tui[gptq]'")
@@ -68,8 +69,11 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise WorkerError("missing_dependency", f"--quant {quant} needs bitsandbytes: pip install bitsandbytes")
         if device == "cpu" and transformers_major() < 5:
-            raise WorkerError("missing_dependency", f"bitsandbytes {quant} on CPU needs transformers >= 5 "
-                                                    "(this stack pins an older one); use a CUDA GPU or --quant none")
+            raise WorkerError(
+                "missing_dependency",
+                f"bitsandbytes {quant} on CPU needs transformers >= 5 "
+                "(this stack pins an older one); use a CUDA GPU or --quant none",
+            )
     kwargs = models.load_kwargs(dtype, bits, device)
     if gptq:
         kwargs["device_map"] = {"": device}
@@ -93,8 +97,15 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     except TemplateError as exc:
         raise WorkerError("config", str(exc)) from exc
     memory = sum(t.numel() * t.element_size() for t in list(model_obj.parameters()) + list(model_obj.buffers()))
-    info = {"model": str(folder), "device": device, "dtype": dtype, "quant": quant, "memory_bytes": memory,
-            "load_s": time.perf_counter() - t0, "end_token_id": end_id}
+    info = {
+        "model": str(folder),
+        "device": device,
+        "dtype": dtype,
+        "quant": quant,
+        "memory_bytes": memory,
+        "load_s": time.perf_counter() - t0,
+        "end_token_id": end_id,
+    }
     return model_obj, tokenizer, info
 
 
@@ -120,12 +131,19 @@ class Worker:
         if req.get("seed") is not None:
             torch.manual_seed(int(req["seed"]))
         temperature = float(req.get("temperature", 0.7))
-        eos = {self.info["end_token_id"]} | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
+        eos = {self.info["end_token_id"]} | (
+            {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        )
         gen = GenerationConfig(
-            max_new_tokens=int(req.get("max_new_tokens", 256)), do_sample=temperature > 0,
-            temperature=max(temperature, 1e-5), top_p=float(req.get("top_p", 1.0)), top_k=int(req.get("top_k", 0)) or None,
-            repetition_penalty=float(req.get("repetition_penalty", 1.0)), eos_token_id=sorted(eos),
-            pad_token_id=self.tokenizer.pad_token_id)
+            max_new_tokens=int(req.get("max_new_tokens", 256)),
+            do_sample=temperature > 0,
+            temperature=max(temperature, 1e-5),
+            top_p=float(req.get("top_p", 1.0)),
+            top_k=int(req.get("top_k", 0)) or None,
+            repetition_penalty=float(req.get("repetition_penalty", 1.0)),
+            eos_token_id=sorted(eos),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         worker = self
 
         class Cancel(StoppingCriteria):
@@ -138,8 +156,12 @@ class Worker:
         def run():
             try:
                 with torch.no_grad():
-                    out["ids"] = self.model.generate(**enc, generation_config=gen, streamer=streamer,
-                                                     stopping_criteria=StoppingCriteriaList([Cancel()]))
+                    out["ids"] = self.model.generate(
+                        **enc,
+                        generation_config=gen,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([Cancel()]),
+                    )
             except BaseException as exc:  # surfaced below, after the streamer ends
                 out["error"] = exc
                 streamer.end()
@@ -155,13 +177,13 @@ class Worker:
         thread.join()
         if "error" in out:
             raise out["error"]
-        new = out["ids"][0, enc["input_ids"].shape[1]:].tolist()
+        new = out["ids"][0, enc["input_ids"].shape[1] :].tolist()
         dt = time.perf_counter() - t0
-        stop = ("cancelled" if rid in self.cancelled else
-                "end_token" if new and new[-1] in eos else "max_new_tokens")
+        stop = "cancelled" if rid in self.cancelled else "end_token" if new and new[-1] in eos else "max_new_tokens"
         self.cancelled.discard(rid)
-        self.emit("answer", id=rid, text="".join(pieces), tokens=len(new), tokens_per_s=len(new) / max(dt, 1e-9),
-                  stop=stop)
+        self.emit(
+            "answer", id=rid, text="".join(pieces), tokens=len(new), tokens_per_s=len(new) / max(dt, 1e-9), stop=stop
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,8 +65,16 @@ def check_group_size(config: dict, group_size: int) -> None:
         raise QuantizeError(f"{sizes} is not a multiple of --group-size {group_size}: {hint}")
 
 
-def quantize(spec: str, bits: int = 4, group_size: int = 128, calib: str | None = None, out: str | None = None,
-             samples: int = 128, max_len: int = 512, say=print) -> Path:
+def quantize(
+    spec: str,
+    bits: int = 4,
+    group_size: int = 128,
+    calib: str | None = None,
+    out: str | None = None,
+    samples: int = 128,
+    max_len: int = 512,
+    say=print,
+) -> Path:
     import importlib.util
 
     from coati_tui.core import modelinfo
@@ -81,8 +89,10 @@ def quantize(spec: str, bits: int = 4, group_size: int = 128, calib: str | None 
         raise QuantizeError(str(exc)) from exc
     calib = calib or default_calib(spec)
     if not calib:
-        raise QuantizeError(f"{spec} is not a run folder with training data: give --calib DATA "
-                            "(SFT conversations, prompts or preference pairs)")
+        raise QuantizeError(
+            f"{spec} is not a run folder with training data: give --calib DATA "
+            "(SFT conversations, prompts or preference pairs)"
+        )
     g = "" if group_size == -1 else f"-g{group_size}"
     out_dir = (Path(out) if out else folder.parent / f"{folder.name}-gptq-{bits}bit{g}").expanduser().resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -114,12 +124,13 @@ def quantize(spec: str, bits: int = 4, group_size: int = 128, calib: str | None 
         data = [{"input_ids": d["input_ids"], "attention_mask": d["attention_mask"]} for d in data if d["input_ids"]]
         say(f"calibration: {len(data)} texts from {calib} (up to {max_len} tokens each)")
 
+        import torch
         from gptqmodel import GPTQModel, QuantizeConfig
 
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        say(f"quantizing {source} to {bits}-bit GPTQ, group size {group_size}, on {device} (gptqmodel shows the layers)")
+        say(
+            f"quantizing {source} to {bits}-bit GPTQ, group size {group_size}, on {device} (gptqmodel shows the layers)"
+        )
         model = GPTQModel.load(str(source), QuantizeConfig(bits=bits, group_size=group_size), device=device)
         out_dir.mkdir(parents=True, exist_ok=True)
         here = os.getcwd()
@@ -130,10 +141,22 @@ def quantize(spec: str, bits: int = 4, group_size: int = 128, calib: str | None 
             os.chdir(here)
         model.save(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))  # with the chat template coati-tui resolved
-        (out_dir / "coati.json").write_text(json.dumps(
-            {"quantized_from": str(folder), "method": "gptq", "bits": bits, "group_size": group_size,
-             "calibration": str(calib), "calibration_texts": len(data), "seconds": round(time.perf_counter() - t0, 1)},
-            ensure_ascii=False, indent=2), encoding="utf-8")
+        (out_dir / "coati.json").write_text(
+            json.dumps(
+                {
+                    "quantized_from": str(folder),
+                    "method": "gptq",
+                    "bits": bits,
+                    "group_size": group_size,
+                    "calibration": str(calib),
+                    "calibration_texts": len(data),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                },
+                ensure_ascii=False,
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

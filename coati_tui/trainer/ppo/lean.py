@@ -1,6 +1,7 @@
 """The memory-lean layout: one base model carries the actor and critic LoRA adapters (+ a value head);
 the reference is that base with adapters disabled; the reward model is a third adapter + its score head
-when it was trained from the same model, else a separate model (``separate.SeparateReward``: in CPU RAM between rollouts on a GPU)."""
+when it was trained from the same model, else a separate model (``separate.SeparateReward``: in CPU RAM
+between rollouts on a GPU)."""
 
 from __future__ import annotations
 
@@ -24,16 +25,21 @@ class Lean:
         self.device, self.temperature = device, preset.ppo.temperature
         hidden = base.config.hidden_size
         targets = linear_targets(base, preset.lora.targets)
-        actor_cfg = LoraConfig(r=preset.lora.rank, lora_alpha=preset.lora.alpha, lora_dropout=0.0,
-                               target_modules=targets)
+        actor_cfg = LoraConfig(
+            r=preset.lora.rank, lora_alpha=preset.lora.alpha, lora_dropout=0.0, target_modules=targets
+        )
         self.model = get_peft_model(base, actor_cfg, adapter_name="actor")
         self.value_head = torch.nn.Linear(hidden, 1).to(device)
         self.reward_head, self.separate_rm = None, None
         adapter = shared_reward_adapter(reward_dir, actor_model)
         if adapter is not None:
             saved = json.loads((adapter / "adapter_config.json").read_text())
-            rcfg = LoraConfig(r=saved["r"], lora_alpha=saved["lora_alpha"], lora_dropout=0.0,
-                              target_modules=linear_targets(base, saved["target_modules"]))
+            rcfg = LoraConfig(
+                r=saved["r"],
+                lora_alpha=saved["lora_alpha"],
+                lora_dropout=0.0,
+                target_modules=linear_targets(base, saved["target_modules"]),
+            )
             files = list(adapter.glob("adapter_model.safetensors"))
             state = load_file(str(files[0])) if files else torch.load(adapter / "adapter_model.bin", weights_only=True)
             head = {k.rsplit(".", 1)[-1]: v for k, v in state.items() if ".score." in k or k.endswith("score.weight")}
@@ -46,8 +52,11 @@ class Lean:
             for name in ("reward", "critic"):  # the critic starts as the reward model
                 self.model.add_adapter(name, rcfg)
                 set_peft_model_state_dict(self.model, lora, adapter_name=name)
-            self.value_head.load_state_dict(self.reward_head.state_dict() if "bias" in head else
-                                            {"weight": head["weight"].float(), "bias": torch.zeros(1)})
+            self.value_head.load_state_dict(
+                self.reward_head.state_dict()
+                if "bias" in head
+                else {"weight": head["weight"].float(), "bias": torch.zeros(1)}
+            )
             info(f"reward model: adapter {adapter} on the actor's base (shared weights); critic starts from it")
         else:
             self.model.add_adapter("critic", actor_cfg)
@@ -56,8 +65,10 @@ class Lean:
             from coati_tui.trainer.ppo.separate import SeparateReward
 
             self.separate_rm = SeparateReward(reward_dir, preset, device, tokenizer)
-            info(f"reward model: {reward_dir} as a separate model"
-                     + (" (kept in CPU RAM between rollouts)" if self.separate_rm.offload else ""))
+            info(
+                f"reward model: {reward_dir} as a separate model"
+                + (" (kept in CPU RAM between rollouts)" if self.separate_rm.offload else "")
+            )
         for n, p in self.model.named_parameters():  # adapters train in fp32 whatever the base dtype
             if "lora_" in n and p.dtype != torch.float32:
                 p.data = p.data.float()
@@ -70,8 +81,11 @@ class Lean:
         return own + (list(self.value_head.parameters()) if which == "critic" else [])
 
     def trainable_state(self) -> dict:
-        state = {n: p.detach() for n, p in self.model.named_parameters()
-                 if "lora_" in n and any(f".{a}." in n for a in ADAPTERS)}
+        state = {
+            n: p.detach()
+            for n, p in self.model.named_parameters()
+            if "lora_" in n and any(f".{a}." in n for a in ADAPTERS)
+        }
         state.update({f"value_head.{k}": v for k, v in self.value_head.state_dict().items()})
         return state
 
@@ -97,11 +111,11 @@ class Lean:
 
     def logits(self, adapter: str | None, ids, mask, start: int, width: int):
         """Next-token logits (temperature applied) predicting columns start..start+width-1."""
-        h = self.hidden(adapter, ids, mask)[:, start - 1: start - 1 + width]
+        h = self.hidden(adapter, ids, mask)[:, start - 1 : start - 1 + width]
         return self.inner.get_output_embeddings()(h).float() / self.temperature
 
     def values(self, ids, mask, start: int, width: int):
-        h = self.hidden("critic", ids, mask)[:, start - 1: start - 1 + width]
+        h = self.hidden("critic", ids, mask)[:, start - 1 : start - 1 + width]
         return self.value_head(h.float()).squeeze(-1)
 
     def scores(self, ids, mask, last):
@@ -138,8 +152,10 @@ class Lean:
 
         self.strategy, wd = strategy, preset.train.weight_decay
         self.own = {w: self.params(w) for w in ADAPTERS}
-        self.opts = {"actor": torch.optim.AdamW(self.own["actor"], lr=preset.train.lr, weight_decay=wd),
-                     "critic": torch.optim.AdamW(self.own["critic"], lr=pp.critic_lr, weight_decay=wd)}
+        self.opts = {
+            "actor": torch.optim.AdamW(self.own["actor"], lr=preset.train.lr, weight_decay=wd),
+            "critic": torch.optim.AdamW(self.own["critic"], lr=pp.critic_lr, weight_decay=wd),
+        }
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.trainable_count = sum(p.numel() for w in ADAPTERS for p in self.own[w])
 
@@ -164,8 +180,9 @@ class Lean:
         from safetensors.torch import save_file
 
         if main:
-            save_file({k: v.contiguous() for k, v in self.trainable_state().items()},
-                      str(folder / "trainable.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in self.trainable_state().items()}, str(folder / "trainable.safetensors")
+            )
             torch.save({w: self.opts[w].state_dict() for w in ADAPTERS}, folder / "optimizer.pt")
 
     def load(self, folder: Path) -> None:

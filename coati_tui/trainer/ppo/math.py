@@ -58,8 +58,9 @@ def token_rewards(score: torch.Tensor, k1: torch.Tensor, mask: torch.Tensor, kl_
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation along each answer; the value after the last token is 0.
     Returns (advantages, returns = advantages + values), both 0 off the mask."""
     T = rewards.shape[1]
@@ -74,22 +75,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float) -> tuple[torch.Tensor, dict]:
+def policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip_eps: float
+) -> tuple[torch.Tensor, dict]:
     """PPO-clip: mean over answer tokens of max(-A r, -A clip(r, 1 - eps, 1 + eps))."""
     ratio = torch.exp(logp - old_logp)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
-        stats = {"clip_frac": float(masked_mean((clipped > unclipped).float(), mask)),
-                 "max_ratio": float((ratio * mask).max()) if mask.any() else 1.0,
-                 "approx_kl": float(masked_mean(0.5 * (logp - old_logp) ** 2, mask))}
+        stats = {
+            "clip_frac": float(masked_mean((clipped > unclipped).float(), mask)),
+            "max_ratio": float((ratio * mask).max()) if mask.any() else 1.0,
+            "approx_kl": float(masked_mean(0.5 * (logp - old_logp) ** 2, mask)),
+        }
     return loss, stats
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> torch.Tensor:
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> torch.Tensor:
     """0.5 * mean over answer tokens of max((v - R)^2, (v_clipped - R)^2), v_clipped within +-clip of
     the rollout's values."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)

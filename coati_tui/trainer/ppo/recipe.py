@@ -94,7 +94,7 @@ class PPO(Recipe):
 
         def encode(messages: list[dict[str, Any]]) -> list[int]:
             ids = tok(render(tok, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-            return list(ids[-pp.max_prompt_len:])
+            return list(ids[-pp.max_prompt_len :])
 
         prompts = [(m, encode(m)) for m in formats.load_prompts(cfg.data, cfg.max_datasets_size)]
         if cfg.eval_data:
@@ -123,11 +123,18 @@ class PPO(Recipe):
         else:  # one backward per optimizer step: nothing to accumulate
             from coati_tui.trainer.ppo.separate import Separate
 
-            self.strategy = strat.make_strategy(preset.with_overrides({"train.accumulation_steps": 1}), device,
-                                                precision)
+            self.strategy = strat.make_strategy(
+                preset.with_overrides({"train.accumulation_steps": 1}), device, precision
+            )
             self.models = Separate(preset, cfg, device, self.tokenizer, self.run.info)
-        self.rollout = Rollout(self.models, preset.ppo, self.stop_ids, self.pad_id, device,
-                               generation_config(preset.ppo, self.stop_ids, self.pad_id))
+        self.rollout = Rollout(
+            self.models,
+            preset.ppo,
+            self.stop_ids,
+            self.pad_id,
+            device,
+            generation_config(preset.ppo, self.stop_ids, self.pad_id),
+        )
 
     def configure(self, total_steps: int) -> None:
         self.models.setup(self.strategy, self.preset, self.preset.ppo)
@@ -149,20 +156,28 @@ class PPO(Recipe):
         metrics = {
             "reward_mean": float(exp.score.mean()),
             "reward_std": float(exp.score.std()) if len(chunk) > 1 else 0.0,
-            "kl": float(exp.kl_per_answer("k1").mean()), "kl_k3": float(exp.kl_per_answer("k3").mean()),
+            "kl": float(exp.kl_per_answer("k1").mean()),
+            "kl_k3": float(exp.kl_per_answer("k3").mean()),
             "response_len": tokens / len(chunk),
-            "rollout_tokens_per_s": tokens / max(exp.gen_s, 1e-9), "rollout_s": exp.gen_s,
+            "rollout_tokens_per_s": tokens / max(exp.gen_s, 1e-9),
+            "rollout_s": exp.gen_s,
             **stats,
         }
-        return Step(loss=stats["policy_loss"], lr=self.preset.train.lr, tokens=int(tokens), samples=len(chunk),
-                    metrics=metrics)
+        return Step(
+            loss=stats["policy_loss"], lr=self.preset.train.lr, tokens=int(tokens), samples=len(chunk), metrics=metrics
+        )
 
     def after_step(self, state: Any) -> None:
         every = self.preset.ppo.sample_every
         if every and state.step % every == 0:
             exp: Experience = self.last
-            self.run.emit("sample", step=state.step, prompt=self.last_chunk[0][0][-1]["content"],
-                          response=exp.texts(self.tokenizer)[0], reward=float(exp.score[0]))
+            self.run.emit(
+                "sample",
+                step=state.step,
+                prompt=self.last_chunk[0][0][-1]["content"],
+                response=exp.texts(self.tokenizer)[0],
+                reward=float(exp.score[0]),
+            )
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out prompts answered by the actor (the same sampling seed every time): reward, KL,
@@ -180,7 +195,7 @@ class PPO(Recipe):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(self.cfg.seed + 1)
             for i in range(0, len(held), rb):
-                chunk = held[i: i + rb]
+                chunk = held[i : i + rb]
                 exp = self.rollout.make([ids for _, ids in chunk], kl_coef=0.0, values=False)
                 n = len(chunk) / len(held)
                 out["reward"] += float(exp.score.mean()) * n
@@ -202,11 +217,17 @@ class PPO(Recipe):
         self.models.save_final(self.tokenizer, folder, self.end_id, self.cfg, self.run.main)
 
     def start_info(self) -> dict[str, Any]:
-        return {"params": self.models.n_params, "trainable_params": self.models.trainable_count,
-                "template": self.template, "end_token_id": self.end_id, "held_out": len(self.held),
-                "prompts": len(self.items), "ptx_examples": len(self.ptx),
-                "layout": "lean" if self.preset.ppo_lean else "four_models",
-                "shared_reward": self.models.separate_rm is None}
+        return {
+            "params": self.models.n_params,
+            "trainable_params": self.models.trainable_count,
+            "template": self.template,
+            "end_token_id": self.end_id,
+            "held_out": len(self.held),
+            "prompts": len(self.items),
+            "ptx_examples": len(self.ptx),
+            "layout": "lean" if self.preset.ppo_lean else "four_models",
+            "shared_reward": self.models.separate_rm is None,
+        }
 
 
 def main(run_dir: str | Path) -> None:

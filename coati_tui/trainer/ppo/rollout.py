@@ -48,14 +48,20 @@ class Experience:
 def generation_config(pp: Any, stop_ids: list[int], pad_id: int) -> Any:
     from transformers import GenerationConfig
 
-    return GenerationConfig(do_sample=True, temperature=pp.temperature, top_k=pp.top_k or None,
-                            top_p=pp.top_p, max_new_tokens=pp.max_new_tokens, eos_token_id=stop_ids,
-                            pad_token_id=pad_id, use_cache=True)
+    return GenerationConfig(
+        do_sample=True,
+        temperature=pp.temperature,
+        top_k=pp.top_k or None,
+        top_p=pp.top_p,
+        max_new_tokens=pp.max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
 
 
 class Rollout:
-    def __init__(self, models: Layout, pp: Any, stop_ids: list[int], pad_id: int, device: str,
-                 gen_config: Any) -> None:
+    def __init__(self, models: Layout, pp: Any, stop_ids: list[int], pad_id: int, device: str, gen_config: Any) -> None:
         self.models, self.pp, self.stop_ids, self.pad_id = models, pp, stop_ids, pad_id
         self.device, self.gen_config = device, gen_config
 
@@ -84,8 +90,19 @@ class Rollout:
         if self.pp.reward_clip:
             score = score.clamp(-self.pp.reward_clip, self.pp.reward_clip)
         k1, k3 = M.kl_terms(logp, ref_logp)
-        exp = Experience(ids=full, mask=mask, resp=resp, rmask=rmask, start=width, logp=logp, ref_logp=ref_logp,
-                         score=score, k1=k1, k3=k3, gen_s=gen_s)
+        exp = Experience(
+            ids=full,
+            mask=mask,
+            resp=resp,
+            rmask=rmask,
+            start=width,
+            logp=logp,
+            ref_logp=ref_logp,
+            score=score,
+            k1=k1,
+            k3=k3,
+            gen_s=gen_s,
+        )
         if values:
             v = self.models.values(full, mask, width, T) * rmask
             rewards = M.token_rewards(score, k1, rmask, kl_coef)

@@ -21,7 +21,7 @@ def _decoder_hidden(model, ids, mask):
 
 def _task_logits(model, ids, mask, start: int, width: int, temperature: float):
     inner, h = _decoder_hidden(model, ids, mask)
-    return inner.get_output_embeddings()(h[:, start - 1: start - 1 + width]).float() / temperature
+    return inner.get_output_embeddings()(h[:, start - 1 : start - 1 + width]).float() / temperature
 
 
 def _task_train(model, ids, mask, start: int, width: int, temperature: float, ptx=None):
@@ -34,7 +34,7 @@ def _task_train(model, ids, mask, start: int, width: int, temperature: float, pt
 
 def _task_values(model, ids, mask, start: int, width: int):
     inner, h = _decoder_hidden(model, ids, mask)
-    return inner.score(h[:, start - 1: start - 1 + width]).float().squeeze(-1)
+    return inner.score(h[:, start - 1 : start - 1 + width]).float().squeeze(-1)
 
 
 def _task_scores(model, ids, mask, last):
@@ -48,8 +48,13 @@ def _task_generate(model, ids, mask, gen_config):
     return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
 
 
-TASKS = {"logits": _task_logits, "train": _task_train, "values": _task_values, "scores": _task_scores,
-         "generate": _task_generate}
+TASKS = {
+    "logits": _task_logits,
+    "train": _task_train,
+    "values": _task_values,
+    "scores": _task_scores,
+    "generate": _task_generate,
+}
 
 
 def route(model):
@@ -104,15 +109,19 @@ class Separate:
         rm = load_model(cfg.reward, preset, "rm", device, pad_id, adapters=False).model
         for name, model in (("reward model", rm), ("critic", critic)):
             if getattr(model.config, "vocab_size", None) != actor.config.vocab_size:
-                raise ConfigError(f"the {name} ({cfg.reward}) has another vocabulary than the actor: train it "
-                                  "from the same base (or from the SFT run)")
+                raise ConfigError(
+                    f"the {name} ({cfg.reward}) has another vocabulary than the actor: train it "
+                    "from the same base (or from the SFT run)"
+                )
         self.n_params = sum(p.numel() for m in (actor, critic, ref, rm) for p in m.parameters())
         park = preset.strategy != "naive"
         self.actor, self.critic = route(actor), route(critic)
         self.ref, self.rm = Parked(ref, device, park), Parked(rm, device, park)
         self.separate_rm = self.rm
-        info("layout: four models (actor, reference, critic from the reward model, reward model)"
-             + ("; reference and reward model wait in CPU RAM between rollouts" if park else ""))
+        info(
+            "layout: four models (actor, reference, critic from the reward model, reward model)"
+            + ("; reference and reward model wait in CPU RAM between rollouts" if park else "")
+        )
 
     def setup(self, strategy, preset, pp) -> None:
         self.strategy, wd = strategy, preset.train.weight_decay
@@ -129,8 +138,9 @@ class Separate:
         return self.actor(task="logits", **kw) if which == "actor" else self.ref.run("logits", **kw)
 
     def actor_forward(self, ids, mask, start: int, width: int, ptx):
-        return self.actor(task="train", ids=ids, mask=mask, start=start, width=width,
-                          temperature=self.temperature, ptx=ptx)
+        return self.actor(
+            task="train", ids=ids, mask=mask, start=start, width=width, temperature=self.temperature, ptx=ptx
+        )
 
     def values(self, ids, mask, start: int, width: int):
         return self.critic(task="values", ids=ids, mask=mask, start=start, width=width)
@@ -187,14 +197,22 @@ class SeparateReward:
 
         theirs = AutoTokenizer.from_pretrained(reward_dir)
         if theirs.get_vocab() != tokenizer.get_vocab():
-            raise ConfigError(f"{reward_dir}: the reward model's tokenizer differs from the actor's; "
-                              "train the reward model from the same base (or from the SFT run)")
+            raise ConfigError(
+                f"{reward_dir}: the reward model's tokenizer differs from the actor's; "
+                "train the reward model from the same base (or from the SFT run)"
+            )
         rm_preset = preset
         if (Path(reward_dir) / "adapter_config.json").is_file() and preset.quant.bits:
             rm_preset = preset.with_overrides({"quant.bits": 0})
         self.offload = device == "cuda" and not rm_preset.quant.bits
-        prepared = load_model(reward_dir, rm_preset, "rm", "cpu" if self.offload else device,
-                              pad_token_id=tokenizer.pad_token_id, adapters=False)
+        prepared = load_model(
+            reward_dir,
+            rm_preset,
+            "rm",
+            "cpu" if self.offload else device,
+            pad_token_id=tokenizer.pad_token_id,
+            adapters=False,
+        )
         self.model = Parked(prepared.model, device, self.offload)
 
     def scores(self, ids, mask, last):

@@ -9,14 +9,22 @@ from coati_tui.trainer.ppo.layout import Layout
 from coati_tui.trainer.ppo.rollout import Experience
 
 
-def update(models: Layout, exp: Experience, pp: Any, preset: Any, ptx: list[Any], state: Any, pad_id: int,
-           device: str, strategy: Any) -> dict[str, float]:
+def update(
+    models: Layout,
+    exp: Experience,
+    pp: Any,
+    preset: Any,
+    ptx: list[Any],
+    state: Any,
+    pad_id: int,
+    device: str,
+    strategy: Any,
+) -> dict[str, float]:
     """``ppo_epochs`` passes of mini-batches over one rollout; returns the averaged statistics."""
     import torch
 
     from coati_tui.trainer.ppo import math as M
     from coati_tui.trainer.sft import sft_batch
-
 
     B, start, T = exp.ids.shape[0], exp.start, exp.resp.shape[1]
     mb_size = max(1, min(preset.train.batch_size, B))
@@ -25,7 +33,7 @@ def update(models: Layout, exp: Experience, pp: Any, preset: Any, ptx: list[Any]
     for _ in range(pp.ppo_epochs):
         perm = torch.randperm(B)
         for i in range(0, B, mb_size):
-            idx = perm[i: i + mb_size].to(device)
+            idx = perm[i : i + mb_size].to(device)
             ids, mask, resp, rmask = exp.ids[idx], exp.mask[idx], exp.resp[idx], exp.rmask[idx]
             batch = None
             if ptx:
@@ -56,8 +64,16 @@ def update(models: Layout, exp: Experience, pp: Any, preset: Any, ptx: list[Any]
             v = models.values(ids, mask, start, T)
             vl = M.value_loss(v, exp.values[idx], exp.returns[idx], rmask, pp.value_clip)
             models.update("critic", vl)
-            _acc(sums, {"policy_loss": float(pl.detach()), "value_loss": float(vl.detach()), "entropy": float(ent.detach()),
-                        **({"ptx_loss": float(ptx_loss.detach())} if ptx_loss is not None else {}), **st})
+            _acc(
+                sums,
+                {
+                    "policy_loss": float(pl.detach()),
+                    "value_loss": float(vl.detach()),
+                    "entropy": float(ent.detach()),
+                    **({"ptx_loss": float(ptx_loss.detach())} if ptx_loss is not None else {}),
+                    **st,
+                },
+            )
     done = max(1, n_mb - skipped)
     out = {k: v if k == "max_ratio" else v / done for k, v in sums.items()}
     out.setdefault("policy_loss", float("nan"))

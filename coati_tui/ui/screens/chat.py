@@ -24,8 +24,14 @@ from coati_tui.host.chats import chats_dir, worker_log
 from coati_tui.host.gen_client import GenerationClient, stop
 from coati_tui.ui.widgets.path_input import PathSuggester
 
-SAMPLING = (("temperature", 0.7, float), ("top_p", 0.9, float), ("top_k", 0, int), ("max_new_tokens", 256, int),
-            ("repetition_penalty", 1.0, float), ("seed", "", int))
+SAMPLING = (
+    ("temperature", 0.7, float),
+    ("top_p", 0.9, float),
+    ("top_k", 0, int),
+    ("max_new_tokens", 256, int),
+    ("repetition_penalty", 1.0, float),
+    ("seed", "", int),
+)
 
 
 class ChatScreen(Screen):
@@ -68,12 +74,18 @@ class ChatScreen(Screen):
             self.model_spec, self.quant = self.app.model, self.app.quant
         yield Header()
         with Horizontal(id="chat-top"):
-            yield Input(self.model_spec or "", id="chat-model", suggester=PathSuggester(dirs_only=True),
-                        placeholder="model folder, run folder or cached hub id; enter (or ctrl+l) loads")
-            yield Select([("full precision", "none"), ("8-bit", "8bit"), ("4-bit NF4", "4bit"),
-                          ("GPTQ folder", "gptq")],
-                         value=self.quant,
-                         allow_blank=False, id="chat-quant")
+            yield Input(
+                self.model_spec or "",
+                id="chat-model",
+                suggester=PathSuggester(dirs_only=True),
+                placeholder="model folder, run folder or cached hub id; enter (or ctrl+l) loads",
+            )
+            yield Select(
+                [("full precision", "none"), ("8-bit", "8bit"), ("4-bit NF4", "4bit"), ("GPTQ folder", "gptq")],
+                value=self.quant,
+                allow_blank=False,
+                id="chat-quant",
+            )
         yield Static("no model loaded", id="chat-status")
         with Horizontal(id="chat-body"):
             yield VerticalScroll(id="chat-log")
@@ -169,13 +181,16 @@ class ChatScreen(Screen):
         ev = self.loaded
         where = Path(ev["model"])
         name = f"{where.parent.name}/{where.name}" if where.name == "final" else where.name
-        text = Text.assemble((name, "bold"),
-                             f" · {ev['device']} · {ev['dtype']} · {ev['quant']} · {fmt_bytes(ev['memory_bytes'])}"
-                             f" · loaded in {ev['load_s']:.1f} s")
+        text = Text.assemble(
+            (name, "bold"),
+            f" · {ev['device']} · {ev['dtype']} · {ev['quant']} · {fmt_bytes(ev['memory_bytes'])}"
+            f" · loaded in {ev['load_s']:.1f} s",
+        )
         if self.last_answer:
             a = self.last_answer
-            text.append(f" · last answer {a['tokens']} tokens, {a['tokens_per_s']:.1f} tok/s "
-                        f"({a['stop'].replace('_', ' ')})")
+            text.append(
+                f" · last answer {a['tokens']} tokens, {a['tokens_per_s']:.1f} tok/s ({a['stop'].replace('_', ' ')})"
+            )
         self.query_one("#chat-status", Static).update(text)
 
     # ---- conversation ----------------------------------------------------------------------------
@@ -216,8 +231,9 @@ class ChatScreen(Screen):
         self.buffer, self.dirty, self.generating = "", False, True
         self.current = Markdown("…", classes="assistant")
         self.query_one("#chat-log").mount(self.current)
-        self.request_id = self.worker.generate(self._with_system(self.messages), rid=str(len(self.messages)),
-                                               **sampling)
+        self.request_id = self.worker.generate(
+            self._with_system(self.messages), rid=str(len(self.messages)), **sampling
+        )
 
     def _with_system(self, messages: list[dict]) -> list[dict]:
         system = self.query_one("#chat-system", Input).value.strip()
@@ -265,8 +281,11 @@ class ChatScreen(Screen):
             chats_dir().mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.transcript = chats_dir() / f"chat-{stamp}-{len(list(chats_dir().iterdir()))}.jsonl"
-        header = {"model": self.loaded["model"] if self.loaded else None, "quant": self.quant,
-                  "system": self.query_one("#chat-system", Input).value}
+        header = {
+            "model": self.loaded["model"] if self.loaded else None,
+            "quant": self.quant,
+            "system": self.query_one("#chat-system", Input).value,
+        }
         lines = [json.dumps(header, ensure_ascii=False)] + [json.dumps(m, ensure_ascii=False) for m in self.messages]
         tmp = self.transcript.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -288,8 +307,11 @@ class ChatScreen(Screen):
         self.query_one("#chat-system", Input).value = header.get("system", "")
         log = self.query_one("#chat-log")
         for m in msgs:
-            log.mount(Static(Text("› " + m["content"]), classes="user") if m["role"] == "user"
-                      else Markdown(m["content"], classes="assistant"))
+            log.mount(
+                Static(Text("› " + m["content"]), classes="user")
+                if m["role"] == "user"
+                else Markdown(m["content"], classes="assistant")
+            )
         if header.get("model") and not self.query_one("#chat-model", Input).value:
             self.query_one("#chat-model", Input).value = header["model"]
         self.notify(f"Opened {path.name} ({len(msgs)} messages).")

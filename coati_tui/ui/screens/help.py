@@ -37,8 +37,11 @@ def keys_table(screen: Screen, app_bindings) -> Table:
 
 
 class HelpScreen(ModalScreen):
-    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("question_mark", "dismiss", "Close", show=False),
-                Binding("q", "dismiss", "Close", show=False)]
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close"),
+        Binding("question_mark", "dismiss", "Close", show=False),
+        Binding("q", "dismiss", "Close", show=False),
+    ]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     #help { width: 90%; max-width: 110; height: auto; max-height: 90%; border: round $accent;

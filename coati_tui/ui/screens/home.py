@@ -61,16 +61,28 @@ class HomeScreen(Screen):
         with VerticalScroll(id="home"):
             yield MachinePanel(id="machine")
             with Vertical(id="model-box"):
-                yield Input(value="" if self.model == DEMO else self.model, id="model-input", compact=True,
-                            placeholder="model folder, run folder or cached hub id (empty: the demo)",
-                            suggester=PathSuggester(dirs_only=True))
+                yield Input(
+                    value="" if self.model == DEMO else self.model,
+                    id="model-input",
+                    compact=True,
+                    placeholder="model folder, run folder or cached hub id (empty: the demo)",
+                    suggester=PathSuggester(dirs_only=True),
+                )
                 yield Static(id="model-info")
-                yield Input(id="data-input", compact=True, suggester=PathSuggester(DATA_SUFFIXES),
-                            placeholder="data for the stage: SFT chats, preference pairs or PPO prompts "
-                                        "(.jsonl .json .csv .parquet)")
+                yield Input(
+                    id="data-input",
+                    compact=True,
+                    suggester=PathSuggester(DATA_SUFFIXES),
+                    placeholder="data for the stage: SFT chats, preference pairs or PPO prompts "
+                    "(.jsonl .json .csv .parquet)",
+                )
                 yield Static(id="data-info", classes="empty")
-                yield Input(id="reward-input", compact=True, suggester=PathSuggester(dirs_only=True),
-                            placeholder="PPO only: the reward model (an RM run folder)")
+                yield Input(
+                    id="reward-input",
+                    compact=True,
+                    suggester=PathSuggester(dirs_only=True),
+                    placeholder="PPO only: the reward model (an RM run folder)",
+                )
             yield PlanTable(id="plan")
             yield Static(id="detail")
         yield KeyFooter()
@@ -86,8 +98,11 @@ class HomeScreen(Screen):
         """A run that kept training while the app was closed: open it again (the demo as the demo)."""
         from coati_tui.host import runs
 
-        live = [Path(r["run"]) for r in runs.list_runs()
-                if r["status"] in ("running", "unknown") and runs.alive(Path(r["run"]))]
+        live = [
+            Path(r["run"])
+            for r in runs.list_runs()
+            if r["status"] in ("running", "unknown") and runs.alive(Path(r["run"]))
+        ]
         if live:
             self.app.call_from_thread(self._reattach, live[0])
 
@@ -143,8 +158,11 @@ class HomeScreen(Screen):
         data = self.query_one("#data-input", Input).value.strip()
         reward = self.query_one("#reward-input", Input).value.strip()
         if self.model == DEMO:
-            self.notify("No model chosen: press g to run the demo (SFT -> RM -> PPO on a tiny model), "
-                        "or choose a model folder (m).", severity="warning")
+            self.notify(
+                "No model chosen: press g to run the demo (SFT -> RM -> PPO on a tiny model), "
+                "or choose a model folder (m).",
+                severity="warning",
+            )
             return
         if not data or not preset:
             self.notify("Choose the data file first (d).", severity="warning")
@@ -311,7 +329,8 @@ class HomeScreen(Screen):
         name = "built-in demo (tiny Llama)" if self.model == DEMO else self.model
         exact = "" if result.exact_params else " (unknown family, counted as Llama)"
         self.query_one("#model-info", Static).update(
-            f"{name}: {result.model_type}, {fmt_count(result.params)} parameters{exact}")
+            f"{name}: {result.model_type}, {fmt_count(result.params)} parameters{exact}"
+        )
         self.query_one("#plan", PlanTable).show(result, loaded)
         self._show_detail()
         if self.then:
@@ -329,21 +348,32 @@ class HomeScreen(Screen):
         """The headless commands for the choices made here: model, data, reward, preset, settings."""
         from coati_tui.core.flags import to_flags
 
-        return headless_commands(self.model, self.query_one("#data-input", Input).value.strip(),
-                                 self.query_one("#reward-input", Input).value.strip(), preset,
-                                 to_flags(self._valid_overrides(preset)) if self.model != DEMO else [])
+        return headless_commands(
+            self.model,
+            self.query_one("#data-input", Input).value.strip(),
+            self.query_one("#reward-input", Input).value.strip(),
+            preset,
+            to_flags(self._valid_overrides(preset)) if self.model != DEMO else [],
+        )
 
     def _show_detail(self) -> None:
         name = self._highlighted()
         if name:
             table = self.query_one("#plan", PlanTable)
-            self.query_one("#detail", Static).update(detail_text(
-                name, table.presets[name].description, table.rows_for(name), self._commands(name),
-                self.show_breakdown, DEMO_NOTE if self.model == DEMO else ""))
+            self.query_one("#detail", Static).update(
+                detail_text(
+                    name,
+                    table.presets[name].description,
+                    table.rows_for(name),
+                    self._commands(name),
+                    self.show_breakdown,
+                    DEMO_NOTE if self.model == DEMO else "",
+                )
+            )
 
 
 def _preview(kind: str, count: int, first: list) -> Text:
-    """"✓ 48 SFT conversations" and the first records as conversations, one line per turn."""
+    """ "✓ 48 SFT conversations" and the first records as conversations, one line per turn."""
     text = Text.assemble(("✓ ", "green"), f"{count:,} {KIND_NAMES[kind]}")
     roles = {"user": "cyan", "assistant": "green", "system": "magenta"}
 

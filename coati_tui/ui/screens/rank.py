@@ -27,14 +27,12 @@ from textual.containers import Container, Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
-from coati_tui.core import paths
 from coati_tui.data import prefstore
 from coati_tui.data.formats import DataError, load_prompts
 from coati_tui.host.chats import chat_prompts
 from coati_tui.host.gen_client import GenerationClient
 from coati_tui.host.pairs import AHEAD, PairWriter, default_annotator, default_store, worker_log
-from coati_tui.host.runs import rm_base
-from coati_tui.ui.messages import PrefillStage
+from coati_tui.ui.screens.rank_loop import RankLoop
 from coati_tui.ui.widgets.path_input import PathSuggester
 
 WIDE = 100  # columns from which the answers sit side by side
@@ -44,7 +42,7 @@ class PairArea(Container, can_focus=True):
     """The two answers; focused while labeling, so the choice keys reach the screen."""
 
 
-class RankScreen(Screen):
+class RankScreen(RankLoop, Screen):
     BINDINGS = [
         Binding("a", "choose('A')", "A better", id="choose_a"),
         Binding("b", "choose('B')", "B better", id="choose_b"),
@@ -92,18 +90,38 @@ class RankScreen(Screen):
         model = o.get("model") or getattr(self.app, "model", None) or self._latest_model()
         yield Header()
         with Horizontal(classes="rank-row"):
-            yield Input(model or "", id="rank-model", compact=True, suggester=PathSuggester(dirs_only=True),
-                        placeholder="model A: a model or run folder")
-            yield Input(o.get("model_b", ""), id="rank-model-b", compact=True, suggester=PathSuggester(dirs_only=True),
-                        placeholder="model B (empty: two samples of A)")
+            yield Input(
+                model or "",
+                id="rank-model",
+                compact=True,
+                suggester=PathSuggester(dirs_only=True),
+                placeholder="model A: a model or run folder",
+            )
+            yield Input(
+                o.get("model_b", ""),
+                id="rank-model-b",
+                compact=True,
+                suggester=PathSuggester(dirs_only=True),
+                placeholder="model B (empty: two samples of A)",
+            )
         with Horizontal(classes="rank-row"):
-            yield Input(o.get("prompts", ""), id="rank-prompts", compact=True,
-                        suggester=PathSuggester((".jsonl", ".json", ".csv", ".parquet")),
-                        placeholder="prompt file (empty: your chat history)")
-            yield Input(str(o.get("store") or default_store()), id="rank-store", compact=True,
-                        suggester=PathSuggester(prefstore.SUFFIXES), placeholder="preference store (.sqlite)")
-            yield Input(o.get("annotator") or default_annotator(), id="rank-annotator", compact=True,
-                        placeholder="annotator")
+            yield Input(
+                o.get("prompts", ""),
+                id="rank-prompts",
+                compact=True,
+                suggester=PathSuggester((".jsonl", ".json", ".csv", ".parquet")),
+                placeholder="prompt file (empty: your chat history)",
+            )
+            yield Input(
+                str(o.get("store") or default_store()),
+                id="rank-store",
+                compact=True,
+                suggester=PathSuggester(prefstore.SUFFIXES),
+                placeholder="preference store (.sqlite)",
+            )
+            yield Input(
+                o.get("annotator") or default_annotator(), id="rank-annotator", compact=True, placeholder="annotator"
+            )
         yield Static("", id="rank-status")
         yield Static("", id="rank-prompt")
         with PairArea(id="rank-pair"):
@@ -164,8 +182,11 @@ class RankScreen(Screen):
 
     def _stats_text(self) -> Text:
         s = self.store.stats()
-        text = Text.assemble(("labeled ", ""), (str(s["labeled"]), "bold"),
-                             f" · A {s['A']} / B {s['B']} · ties {s['tie']} · skipped {s['skip']}")
+        text = Text.assemble(
+            ("labeled ", ""),
+            (str(s["labeled"]), "bold"),
+            f" · A {s['A']} / B {s['B']} · ties {s['tie']} · skipped {s['skip']}",
+        )
         ready = len(self.store.pending(self.annotator, AHEAD + 50)) - (self.current is not None)
         text.append(f" · ready {max(ready, 0)}")
         if self.store.current_round() > 1:
@@ -192,9 +213,13 @@ class RankScreen(Screen):
             pair_id = pending[0] if pending else None
         if pair_id is None:
             self.current = None
-            self.query_one("#rank-prompt", Static).update(Text(
-                "No pair to judge yet. Give model A (and B) and press ctrl+l to generate pairs from the prompt file "
-                "or your chat history; type prompts in the line at the bottom.", style="dim"))
+            self.query_one("#rank-prompt", Static).update(
+                Text(
+                    "No pair to judge yet. Give model A (and B) and press ctrl+l to generate pairs from the prompt "
+                    "file or your chat history; type prompts in the line at the bottom.",
+                    style="dim",
+                )
+            )
             self.query_one("#rank-a", Static).update("")
             self.query_one("#rank-b", Static).update("")
         else:
@@ -318,8 +343,9 @@ class RankScreen(Screen):
                 if ev["log_tail"]:
                     text.append(f"\n  the worker's log: {worker.log_path}", style="dim")
                 self._status(text)
-            self.notify(ev["message"], title=f"model {where}: {ev['kind'].replace('_', ' ')}", severity="error",
-                        timeout=10)
+            self.notify(
+                ev["message"], title=f"model {where}: {ev['kind'].replace('_', ' ')}", severity="error", timeout=10
+            )
             return
         if what:
             self._pump()
@@ -330,70 +356,6 @@ class RankScreen(Screen):
         store = self.store
         if store is not None:
             self.writer.pump(store, lambda: len(store.pending(self.annotator, AHEAD + 1)) - (self.current is not None))
-
-    # ---- the loop --------------------------------------------------------------------------------
-    def action_export(self) -> None:
-        if self.store is None:
-            return
-        out_dir = paths.home() / "exports"
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        written = []
-        for fmt in ("coati", "trl"):
-            out = out_dir / f"prefs-{stamp}-{fmt}.jsonl"
-            n, left_out = prefstore.export(self.store.path, fmt, out)
-            written.append(str(out))
-        self.notify(f"{n} pairs written (ties {left_out['tie']}, skips {left_out['skip']}, conflicts "
-                    f"{left_out['conflict']} left out):\n" + "\n".join(written), title="Exported", timeout=15)
-
-    def action_train_rm(self) -> None:
-        """Train the next reward model on the labels so far: the Train mode's Home, set up and started
-        (the planner picks the preset as for any run; the run snapshots the store at its start)."""
-        if self.store is None:
-            return
-        records, _ = self.store.preferences()
-        if len(records) < 2:
-            self.notify("Label at least two pairs (A or B) first.", severity="warning")
-            return
-        model = self.query_one("#rank-model", Input).value.strip()
-        if not model:
-            self.notify("Model A decides the reward model's starting point: give it first.", severity="warning")
-            return
-        base = rm_base(model)
-        self.post_message(PrefillStage(base, data=str(self.store.path), then="rm",
-                                       hint=f"Reward model on {len(records)} labeled pairs from "
-                                            f"{self.store.path.name}, starting from {base}."))
-
-    def action_train_dpo(self) -> None:
-        """DPO on the labels so far, from model A itself (the policy the labels judged): Home, set up and
-        started; when it finishes, ctrl+r makes it model A of the next round."""
-        if self.store is None:
-            return
-        records, _ = self.store.preferences()
-        model = self.query_one("#rank-model", Input).value.strip()
-        if len(records) < 2 or not model:
-            self.notify("Give model A and label at least two pairs (A or B) first.", severity="warning")
-            return
-        self.post_message(PrefillStage(model, data=str(self.store.path), then="dpo",
-                                       hint=f"DPO on {len(records)} labeled pairs from {self.store.path.name}, "
-                                            f"from {model}; when it is done, ctrl+r in Rank labels its answers."))
-
-    def action_next_round(self) -> None:
-        """The newest finished preference run (DPO / ORPO / KTO) becomes model A, model A becomes B, a new
-        round starts in the store and generation restarts."""
-        from coati_tui.host.runs import newest_output
-
-        if self.store is None:
-            return
-        final = newest_output(("dpo", "orpo", "kto"))
-        field_a, field_b = self.query_one("#rank-model", Input), self.query_one("#rank-model-b", Input)
-        if final is None or final == field_a.value.strip():
-            self.notify("No newer DPO / ORPO / KTO run has finished: train one first (ctrl+o).", severity="warning")
-            return
-        previous = field_a.value.strip()
-        field_a.value, field_b.value = final, previous
-        n = self.store.next_round(final, previous)
-        self.notify(f"Round {n}: A = {final}\nB = {previous or '(none)'}", title="Next round", timeout=10)
-        self.action_start()
 
 
 def _prompt_text(messages: list[dict]) -> Text:

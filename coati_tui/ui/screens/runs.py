@@ -20,9 +20,11 @@ STYLE = {"completed": "green", "running": "cyan", "cancelled": "yellow", "failed
 
 
 class RunsScreen(Screen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="back"),
-                Binding("n", "next_stage", "Next stage", id="next_stage"),
-                Binding("f5", "reload", "Reload", id="reload")]
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="back"),
+        Binding("n", "next_stage", "Next stage", id="next_stage"),
+        Binding("f5", "reload", "Reload", id="reload"),
+    ]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -40,8 +42,15 @@ class RunsScreen(Screen):
         table.clear()
         for r in runs.list_runs():
             loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
-            table.add_row(Path(r["run"]).name, r["stage"] or "?", f"[{STYLE.get(r['status'], 'dim')}]{r['status']}[/]",
-                          str(r["step"]), loss, "yes" if r["final"] else "-", key=r["run"])
+            table.add_row(
+                Path(r["run"]).name,
+                r["stage"] or "?",
+                f"[{STYLE.get(r['status'], 'dim')}]{r['status']}[/]",
+                str(r["step"]),
+                loss,
+                "yes" if r["final"] else "-",
+                key=r["run"],
+            )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.post_message(OpenRun(Path(event.row_key.value)))
@@ -65,12 +74,19 @@ def next_stage(run: Path, stage: str | None) -> ChatWith | PrefillStage:
     comparing its answers (Rank)."""
     final = run / "final"
     if stage in ("ppo", "dpo", "orpo", "kto"):
-        return ChatWith(str(final), hint=f"Chat with {run.name}; F3 Rank compares its answers and labels them "
-                                         "for the next round (ctrl+r there makes a finished DPO run model A).")
+        return ChatWith(
+            str(final),
+            hint=f"Chat with {run.name}; F3 Rank compares its answers and labels them "
+            "for the next round (ctrl+r there makes a finished DPO run model A).",
+        )
     if stage == "sft":
-        return PrefillStage(str(run), hint="Reward model (w) or DPO (o) next: choose preference pairs (d), pick a "
-                                           "preset, press w or o.")
+        return PrefillStage(
+            str(run), hint="Reward model (w) or DPO (o) next: choose preference pairs (d), pick a preset, press w or o."
+        )
     meta = final / "coati.json"
     base = json.loads(meta.read_text()).get("base", "") if meta.is_file() else ""
-    return PrefillStage(base, reward=str(run), hint="PPO next: the SFT model and this reward model are set; choose "
-                                                    "prompts (d), pick a preset, press p.")
+    return PrefillStage(
+        base,
+        reward=str(run),
+        hint="PPO next: the SFT model and this reward model are set; choose prompts (d), pick a preset, press p.",
+    )

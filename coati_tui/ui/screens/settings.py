@@ -13,9 +13,20 @@ from textual.widgets import Input, Label, Static
 from coati_tui.core.presets import Preset, PresetError, field_help
 
 # What a user tunes most, in the order they think of it; everything else stays in preset files.
-EDITABLE = ("train.batch_size", "train.accumulation_steps", "train.max_len", "train.lr", "train.max_epochs",
-            "train.grad_checkpointing", "lora.rank", "ppo.rollout_batch", "ppo.max_new_tokens", "ppo.kl_coef",
-            "ppo.ptx_coef", "ppo.temperature")
+EDITABLE = (
+    "train.batch_size",
+    "train.accumulation_steps",
+    "train.max_len",
+    "train.lr",
+    "train.max_epochs",
+    "train.grad_checkpointing",
+    "lora.rank",
+    "ppo.rollout_batch",
+    "ppo.max_new_tokens",
+    "ppo.kl_coef",
+    "ppo.ptx_coef",
+    "ppo.temperature",
+)
 
 
 def current(preset: Preset, key: str):
@@ -57,14 +68,20 @@ class SettingsScreen(ModalScreen):
     def compose(self) -> ComposeResult:
         helps = field_help()
         with VerticalScroll(id="settings"):
-            yield Static(Text.assemble(("Settings for ", ""), (self.preset.name, "bold"),
-                                       ("  enter or ctrl+s applies, esc cancels", "dim")))
+            yield Static(
+                Text.assemble(
+                    ("Settings for ", ""), (self.preset.name, "bold"), ("  enter or ctrl+s applies, esc cancels", "dim")
+                )
+            )
             with Grid():
                 for key in EDITABLE:
                     value = self.overrides.get(key, current(self.preset, key))
                     yield Label(key)
-                    yield Input(str(value).lower() if isinstance(value, bool) else str(value),
-                                id=key.replace(".", "__"), compact=True)
+                    yield Input(
+                        str(value).lower() if isinstance(value, bool) else str(value),
+                        id=key.replace(".", "__"),
+                        compact=True,
+                    )
                     yield Label(Text(helps.get(key, ""), style="dim"))
             yield Static(id="settings-error")
 
@@ -101,4 +118,3 @@ def apply_all(presets: dict[str, Preset], overrides: dict) -> dict[str, Preset]:
             out[name] = p
         out[name].path = p.path
     return out
-

@@ -29,10 +29,12 @@ from coati_tui.ui.widgets.footer import KeyFooter
 from coati_tui.ui.widgets.loss_plot import LossPlot
 from coati_tui.ui.widgets.memory import MemoryPanel
 
-OOM_HINT = {"gpu_oom": "Out of GPU memory: pick a smaller preset in the plan (Home), or lower batch size / max_len.",
-            "cpu_oom": "Out of RAM: a preset with less offload, or a smaller batch.",
-            "data": "Fix the record named above and start again.",
-            "missing_dependency": "Install what the message names, then resume (r)."}
+OOM_HINT = {
+    "gpu_oom": "Out of GPU memory: pick a smaller preset in the plan (Home), or lower batch size / max_len.",
+    "cpu_oom": "Out of RAM: a preset with less offload, or a smaller batch.",
+    "data": "Fix the record named above and start again.",
+    "missing_dependency": "Install what the message names, then resume (r).",
+}
 
 
 PLOT_EVERY_S = 0.25
@@ -47,8 +49,14 @@ class TrainScreen(Screen):
         Binding("escape", "app.pop_screen", "Back", id="back"),
     ]
 
-    def __init__(self, run_dir: Path | None = None, start: bool = False, gpu_total: int = 0, ram_total: int = 0,
-                 demo: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: Path | None = None,
+        start: bool = False,
+        gpu_total: int = 0,
+        ram_total: int = 0,
+        demo: bool = False,
+    ) -> None:
         super().__init__()
         self.demo = demo
         self.chain = runs.demo_runs() if demo else [Path(run_dir)]
@@ -111,7 +119,8 @@ class TrainScreen(Screen):
 
     def action_resume(self) -> None:
         if self.status in ("running", "waiting") and (
-                (self.proc and self.proc.poll() is None) or runs.alive(self.run_dir)):
+            (self.proc and self.proc.poll() is None) or runs.alive(self.run_dir)
+        ):
             self.notify("Already running.", severity="warning")
             return
         self._resume_when_exited()
@@ -143,8 +152,9 @@ class TrainScreen(Screen):
         if not new:
             if self.proc and self.proc.poll() not in (None, 0) and self.status == "running":
                 self.status = "failed"
-                self._problem("crash", f"the trainer exited with {self.proc.returncode}; see {self.run_dir}/child.log",
-                              [])
+                self._problem(
+                    "crash", f"the trainer exited with {self.proc.returncode}; see {self.run_dir}/child.log", []
+                )
             return
         plot = self.query_one(LossPlot)
         log = self.query_one(RichLog)
@@ -157,9 +167,14 @@ class TrainScreen(Screen):
                     self.stage = ev["stage"]
                     plot.reset(events.step_view(self.stage).label)
                 self.query_one(ProgressBar).update(total=self.total, progress=ev.get("resumed_from", 0))
-                self.query_one("#run-title", Static).update(Text.assemble(
-                    (f"{ev['stage'].upper()} ", "bold"), f"{ev['strategy']} · {ev['device']} · {ev['precision']} · ",
-                    f"{ev['trainable_params']:,} of {ev['params']:,} params train · ", (str(self.run_dir), "dim")))
+                self.query_one("#run-title", Static).update(
+                    Text.assemble(
+                        (f"{ev['stage'].upper()} ", "bold"),
+                        f"{ev['strategy']} · {ev['device']} · {ev['precision']} · ",
+                        f"{ev['trainable_params']:,} of {ev['params']:,} params train · ",
+                        (str(self.run_dir), "dim"),
+                    )
+                )
                 if ev.get("resumed_from"):  # a resumed run redraws from its first step: drop the cut tail
                     keep = [i for i, s in enumerate(plot.steps) if s <= ev["resumed_from"]]
                     plot.steps, plot.values = plot.steps[: len(keep)], plot.values[: len(keep)]
@@ -221,12 +236,16 @@ class TrainScreen(Screen):
 
         cfg = RunConfig.read(self.run_dir)
         arch = modelinfo.Arch.from_config(modelinfo.read_config(cfg.model))
-        result = planner.plan(arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()),
-                              (cfg.stage,), model=cfg.model)
+        result = planner.plan(
+            arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()), (cfg.stage,), model=cfg.model
+        )
         row = planner.smaller(result, cfg.stage, cfg.preset.name, kind)
         self.fallback = row
-        note = (f"Next smaller preset: {row.preset} ({row.reason}). Press p to retry with it."
-                if row else "No smaller preset fits this machine: lower train.batch_size or max_len.")
+        note = (
+            f"Next smaller preset: {row.preset} ({row.reason}). Press p to retry with it."
+            if row
+            else "No smaller preset fits this machine: lower train.batch_size or max_len."
+        )
         self.app.call_from_thread(self._problem, kind, message, tail, note)
 
     def action_retry_smaller(self) -> None:
@@ -234,8 +253,11 @@ class TrainScreen(Screen):
             self.notify("Only after an out-of-memory error, when a smaller preset fits.", severity="warning")
             return
         new, resumed = runs.retry_with(self.run_dir, self.fallback.preset)
-        self.notify(f"{self.fallback.preset}: " + ("resuming from the last checkpoint" if resumed else
-                                                  "starting over (its checkpoints differ)") + f" in {new.name}")
+        self.notify(
+            f"{self.fallback.preset}: "
+            + ("resuming from the last checkpoint" if resumed else "starting over (its checkpoints differ)")
+            + f" in {new.name}"
+        )
         self.run_dir, self.tail, self.fallback, self.stage = new, runs.Tail(new), None, None
         self.chain = [new]
         self.query_one(LossPlot).reset("loss")
@@ -262,11 +284,15 @@ def _preference_health(text: Text, ev: dict) -> Text:
     else:
         falling = ev.get("logp_chosen", 0) < ev.get("logp_rejected", 0)  # chosen less likely than rejected
         text.append("reward ", style="bold")
-        text.append(f"chosen {ev['chosen_reward']:+.3f} · rejected {ev['rejected_reward']:+.3f} · margin "
-                    f"{ev['margin']:+.3f} · accuracy {ev['accuracy']:.0%}\n")
+        text.append(
+            f"chosen {ev['chosen_reward']:+.3f} · rejected {ev['rejected_reward']:+.3f} · margin "
+            f"{ev['margin']:+.3f} · accuracy {ev['accuracy']:.0%}\n"
+        )
         text.append("log-prob/token ", style="bold")
-        text.append(f"chosen {ev.get('logp_chosen', 0):.3f} · rejected {ev.get('logp_rejected', 0):.3f}\n",
-                    style="yellow" if falling else "")
+        text.append(
+            f"chosen {ev.get('logp_chosen', 0):.3f} · rejected {ev.get('logp_rejected', 0):.3f}\n",
+            style="yellow" if falling else "",
+        )
     if "kl" in ev:
         text.append("drift ", style="bold")
         text.append(f"{ev['kl']:+.3f} nats/token from the reference", style="yellow" if abs(ev["kl"]) > 1 else "")
@@ -275,8 +301,10 @@ def _preference_health(text: Text, ev: dict) -> Text:
 
 def _speed(ev: dict) -> Text:
     """Throughput and progress; for PPO, its health: reward, KL, ratio, clipping, the losses."""
-    text = Text(f"{ev['tokens_per_s']:,.0f} tok/s · {ev['samples_per_s']:.1f} samples/s\n"
-                f"step {ev['step']}/{ev['total_steps']} · ETA {ev['eta_s']:.0f} s · RSS {fmt_bytes(ev['cpu_rss'])}\n")
+    text = Text(
+        f"{ev['tokens_per_s']:,.0f} tok/s · {ev['samples_per_s']:.1f} samples/s\n"
+        f"step {ev['step']}/{ev['total_steps']} · ETA {ev['eta_s']:.0f} s · RSS {fmt_bytes(ev['cpu_rss'])}\n"
+    )
     if "chosen_reward" in ev or "reward_desirable" in ev:
         return _preference_health(text, ev)
     if "reward_mean" not in ev:
@@ -288,11 +316,16 @@ def _speed(ev: dict) -> Text:
     text.append("KL ", style="bold")
     text.append(f"{ev['kl']:.3f} (k3 {ev.get('kl_k3', 0):.3f})\n")
     text.append("ratio ", style="bold")
-    text.append(f"max {ev.get('max_ratio', 1):.2f} · clip {ev.get('clip_frac', 0):.0%} · skipped "
-                f"{ev.get('skipped_updates', 0)}\n", style=ratio_style)
+    text.append(
+        f"max {ev.get('max_ratio', 1):.2f} · clip {ev.get('clip_frac', 0):.0%} · skipped "
+        f"{ev.get('skipped_updates', 0)}\n",
+        style=ratio_style,
+    )
     text.append("loss ", style="bold")
-    text.append(f"policy {ev.get('policy_loss', 0):+.4f} · value {ev.get('value_loss', 0):.4f}"
-                + (f" · PTX {ev['ptx_loss']:.3f}" if "ptx_loss" in ev else "")
-                + f"\nentropy {ev.get('entropy', 0):.3f} · answer {ev.get('response_len', 0):.1f} tok · "
-                f"rollout {ev.get('rollout_tokens_per_s', 0):,.0f} tok/s")
+    text.append(
+        f"policy {ev.get('policy_loss', 0):+.4f} · value {ev.get('value_loss', 0):.4f}"
+        + (f" · PTX {ev['ptx_loss']:.3f}" if "ptx_loss" in ev else "")
+        + f"\nentropy {ev.get('entropy', 0):.3f} · answer {ev.get('response_len', 0):.1f} tok · "
+        f"rollout {ev.get('rollout_tokens_per_s', 0):,.0f} tok/s"
+    )
     return text

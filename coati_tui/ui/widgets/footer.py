@@ -39,5 +39,8 @@ def shown_keys(screen: Screen) -> tuple:
     """What a Footer draws of the screen's active bindings (the shown ones and the palette's key): key,
     label, action, enabled, tooltip. Focus moving between widgets changes only hidden ones."""
     palette = screen.app.COMMAND_PALETTE_BINDING
-    return tuple((key, b.key_display, b.description, b.action, enabled, tooltip, b.group)
-                 for key, (_, b, enabled, tooltip) in screen.active_bindings.items() if b.show or key == palette)
+    return tuple(
+        (key, b.key_display, b.description, b.action, enabled, tooltip, b.group)
+        for key, (_, b, enabled, tooltip) in screen.active_bindings.items()
+        if b.show or key == palette
+    )

@@ -22,8 +22,22 @@ def headless_commands(model: str, data: str, reward: str, preset: str, flags: li
     data = data or "DATA"
     out = [["coati-tui", "train", "sft", "--model", model, "--data", data, "--preset", preset, *flags]]
     if reward:
-        out.append(["coati-tui", "train", "ppo", "--model", model, "--reward", reward, "--prompts", data,
-                    "--preset", preset, *flags])
+        out.append(
+            [
+                "coati-tui",
+                "train",
+                "ppo",
+                "--model",
+                model,
+                "--reward",
+                reward,
+                "--prompts",
+                data,
+                "--preset",
+                preset,
+                *flags,
+            ]
+        )
     return out
 
 
@@ -32,8 +46,9 @@ def command_text(commands: list[list[str]]) -> str:
     return "\n".join(shlex.join(c) for c in commands)
 
 
-def detail_text(name: str, description: str, rows, commands: list[list[str]], breakdown: bool = False,
-                note: str = "") -> Text:
+def detail_text(
+    name: str, description: str, rows, commands: list[list[str]], breakdown: bool = False, note: str = ""
+) -> Text:
     """A preset's name and description, its planner rows (one per stage, with their memory by part when
     ``breakdown``), its headless commands and a note after them."""
     text = Text()

@@ -31,8 +31,9 @@ class PlanTable(DataTable):
                 if r.device == "cuda":
                     size = f"{short_bytes(r.gpu_bytes)}/{size}"
                 cells.append(Text(f"{size} {SYMBOL[r.status]}", style=STATUS_STYLE[r.status]))
-            label = Text(name + (" ★" if name == plan.recommended else ""),
-                         style="bold" if name == plan.recommended else "")
+            label = Text(
+                name + (" ★" if name == plan.recommended else ""), style="bold" if name == plan.recommended else ""
+            )
             self.add_row(label, method(presets[name]), *cells, key=name)
         if plan.recommended:
             self.move_cursor(row=self.get_row_index(plan.recommended))

@@ -23,8 +23,13 @@ class RunPicker(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         done = [r for r in runs.list_runs() if r["final"]]
-        options = [Option(Text.assemble(((r["stage"] or "?").upper().ljust(4), "bold"), " ", Path(r["run"]).name),
-                          id=str(Path(r["run"]) / "final")) for r in done]
+        options = [
+            Option(
+                Text.assemble(((r["stage"] or "?").upper().ljust(4), "bold"), " ", Path(r["run"]).name),
+                id=str(Path(r["run"]) / "final"),
+            )
+            for r in done
+        ]
         picker = OptionList(*(options or [Option("no finished run yet (F1: Train)", disabled=True)]))
         picker.border_title = "Models from your runs (enter picks, esc closes)"
         yield picker
