@@ -190,6 +190,81 @@ def test_dpo_and_ipo_equal_trl_on_the_same_batch(loss, tiny_model, tmp_path):
     assert abs(float(mine) - (math.log(2) if loss == "sigmoid" else 25.0)) > 1e-3  # policy != reference
 
 
+def test_kto_equals_trl_on_the_same_batch(tiny_model, tmp_path):
+    """Our collated KTO batch (answers, then their mismatched sequences) handed to TRL's KTOTrainer as its
+    completion and KL rows: the same LoRA model (adapters moved off zero), the same loss within 1e-5."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import KTOConfig, KTOTrainer
+
+    from coati_tui.core import presets
+    from coati_tui.data import formats
+    from coati_tui.data.tokenize import load_tokenizer, prepare_labelled
+    from coati_tui.trainer import strategy
+    from coati_tui.trainer.kto import KTO, LabelledItem
+
+    tok, _ = load_tokenizer(str(tiny_model))
+    examples = [x for r in _unpaired(8) for x in formats.labelled_examples(r)]
+    prepared, _ = prepare_labelled(tok, examples, 64)
+    preset = presets.load("lora_naive").with_overrides({"kto.undesirable_weight": 1.5})
+    args = KTOConfig(
+        output_dir=str(tmp_path / "trl"),
+        beta=preset.kto.beta,
+        desirable_weight=1.0,
+        undesirable_weight=1.5,
+        report_to=[],
+        use_cpu=True,
+        per_device_train_batch_size=2,
+        max_length=64,
+    )
+    dummy = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "completion": [{"role": "assistant", "content": "a"}],
+                "label": i % 2 == 0,
+            }
+            for i in range(4)
+        ]
+    )
+    torch.manual_seed(0)
+    trainer = KTOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=args,
+        train_dataset=dummy,
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
+    )
+    model = trainer.model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    ours = KTO.__new__(KTO)
+    ours.preset, ours.device, ours.tokenizer, ours.ref_cache, ours.model = preset, "cpu", tok, None, model
+    ours.strategy = strategy.Naive("cpu", "fp32")
+    batch = ours.collate([LabelledItem(a, kl, i, d) for i, (a, kl, d) in enumerate(prepared)])
+    n = len(prepared)
+    mask = (batch["labels"] != -100).long()
+    inputs = {
+        "input_ids": batch["input_ids"][:n],
+        "attention_mask": batch["attention_mask"][:n],
+        "completion_mask": mask[:n],
+        "label": batch["desirable"],
+        "KL_input_ids": batch["input_ids"][n:],
+        "KL_attention_mask": batch["attention_mask"][n:],
+        "KL_completion_mask": mask[n:],
+    }
+    with torch.no_grad():
+        mine, _ = ours.pair_loss(batch)
+        theirs = trainer._compute_loss(model, inputs, False)
+    assert abs(float(mine) - float(theirs)) < 1e-5, (float(mine), float(theirs))
+    assert abs(float(mine) - 0.5 * (1 + 1.5) / 2) > 1e-3  # policy != reference
+
+
 def test_dpo_learns_a_bilingual_preference_and_its_output_loads(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(60))
     out = tmp_path / "dpo"
