@@ -84,14 +84,14 @@ async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_pat
         # ctrl+x stops an answer while the message line has focus (the input's own ctrl+x is cut)
         chat.query_one("#chat-max_new_tokens").value = "900"
         chat.query_one("#chat-temperature").value = "1.5"
-        for _ in range(6):  # a random model may say its end token before the key lands: ask again
+        for _ in range(6):  # the answer may end (its end token, or 900 tokens on a busy machine) before the key lands
             chat.query_one("#chat-input").value = "说很长的话"
             await pilot.press("enter")
             await wait_for(pilot, lambda: chat.buffer or not chat.generating)
             assert app.focused is chat.query_one("#chat-input")
             await pilot.press("ctrl+x")
             await wait_for(pilot, lambda: not chat.generating)
-            if chat.last_answer["stop"] != "end_token":
+            if chat.last_answer["stop"] == "cancelled":
                 break
         assert chat.last_answer["stop"] == "cancelled" and chat.last_answer["tokens"] < 900
 

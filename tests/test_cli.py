@@ -66,7 +66,7 @@ def test_plan_table_for_the_tiny_model_on_this_machine(tiny_model):
 def test_plan_bad_inputs_exit_2_with_one_clear_line(tmp_path):
     proc = coati("plan", "--model", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
-    proc = coati("plan", "--model", str(tmp_path), "--stage", "dpo", check=False)
+    proc = coati("plan", "--model", str(tmp_path), "--stage", "nope", check=False)
     assert proc.returncode == 2 and "--stage" in proc.stderr
     proc = coati("plan", "--model", str(tmp_path), "--gpu-mem", "twelve", check=False)
     assert proc.returncode == 2
@@ -121,8 +121,20 @@ def test_the_flag_table_goes_both_ways():
         "ppo.critic_lr": 1e-5,
         "ppo.whiten_advantages": False,
         "ppo.reward_clip": 5.0,
+        "dpo.beta": 0.2,
+        "dpo.label_smoothing": 0.1,
+        "dpo.simpo_gamma": 0.7,
+        "dpo.precompute_ref": True,
+        "kto.desirable_weight": 1.5,
+        "kto.undesirable_weight": 0.5,
     }
-    assert set(values) == set(flags.BY_KEY)  # every row is exercised
+    assert set(values) == {f.key for f in flags.FLAGS}  # every row is exercised
+    # a flag that several stages share sets the key of the stage it is given to, and writes back the same
+    for stage, key in (("orpo", "orpo.beta"), ("kto", "kto.beta")):
+        assert flags.overrides(_train_params(stage, "--beta", "0.3"), stage) == {key: 0.3}
+        assert flags.to_flags({key: 0.3}) == ["--beta", "0.3"]
+    kto = flags.overrides(_train_params("kto", "--precompute-ref"), "kto")
+    assert kto == {"kto.precompute_ref": True}
     argv = flags.to_flags(values)
     assert argv[:4] == ["--lora-rank", "8", "--batch-size", "16"] and "--no-grad-checkpointing" in argv
     assert flags.overrides(_train_params("sft", *argv)) == values

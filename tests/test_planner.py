@@ -147,7 +147,7 @@ def test_fp16_on_cards_without_bf16():
 
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="unknown stage"):
-        _plan(24, 128, stages=("dpo",))
+        _plan(24, 128, stages=("nope",))
 
 
 @pytest.mark.parametrize("lean", [True, False])
