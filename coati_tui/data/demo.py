@@ -171,12 +171,12 @@ STAGES = {
             "lora.rank": 16,
             "train.batch_size": 16,
             "train.accumulation_steps": 1,
-            "train.lr": 1e-3,
-            "train.max_epochs": 1,
+            "train.lr": 2e-3,
+            "train.max_epochs": 1,  # a second epoch over-fits the pairs: the true score falls
             "train.max_len": 64,
             "train.grad_checkpointing": False,
-            "dpo.beta": 0.1,
-        },  # more epochs over-fit the pairs
+            "dpo.beta": 0.3,  # 0.1 drifted further for less gain (measured on both stacks)
+        },
         "settings": {"eval_split": 0.05, "task": "demo"},
     },
 }

@@ -207,9 +207,9 @@ class PairRecipe(SupervisedRecipe):
             out["true_score"] = self._demo_true_score()
         return out
 
-    def _demo_true_score(self) -> float:
-        """The demo task's true score (a program) of answers sampled to the held-out prompts, with the
-        same seed at every eval: the gain DPO made, in the task's own terms."""
+    def _demo_true_score(self, samples: int = 4) -> float:
+        """The demo task's true score (a program) of ``samples`` answers sampled to each held-out prompt, with
+        the same seed at every eval: the gain DPO made, in the task's own terms."""
         import torch
         from transformers import GenerationConfig
 
@@ -223,6 +223,7 @@ class PairRecipe(SupervisedRecipe):
             max_new_tokens=24,
             eos_token_id=self.end_id,
             pad_token_id=self.tokenizer.pad_token_id,
+            num_return_sequences=samples,
         )
         total = 0.0
         with torch.random.fork_rng(devices=[]):
@@ -234,9 +235,9 @@ class PairRecipe(SupervisedRecipe):
                     return_tensors="pt",
                 )["input_ids"].to(self.device)
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
-                text = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-                total += true_score(messages, text)
-        return total / max(1, len(self.held_prompts))
+                for row in out[:, ids.shape[1] :]:
+                    total += true_score(messages, self.tokenizer.decode(row, skip_special_tokens=True))
+        return total / max(1, len(self.held_prompts) * samples)
 
     def write_final(self, model: Any, folder: Path, weights: Path | None) -> None:
         from coati_tui.trainer.final import write_final
