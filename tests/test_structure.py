@@ -401,3 +401,19 @@ def test_cycle_check_finds_a_made_up_cycle():
     graph = edges(mods, runtime_only=True)
     assert _sccs(graph) == [["x", "y"]]
     assert _cycle_path(graph, ["x", "y"]) == ["x", "y", "x"]
+
+
+def test_every_package_ships_in_the_wheel():
+    """pyproject.toml lists the packages by name: a folder left out installs everywhere but an editable
+    checkout (a wheel without coati_tui.trainer.ppo could not run PPO)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / PACKAGE).rglob("__init__.py")}
+    listed = set(setup["packages"])
+    assert found <= listed, (
+        f"packages missing from pyproject.toml's [tool.setuptools] packages: {sorted(found - listed)}"
+    )

@@ -84,7 +84,7 @@ def quantize(
     if bits not in (2, 3, 4, 8):
         raise QuantizeError(f"--bits must be 2, 3, 4 or 8, not {bits}")
     try:
-        folder = modelinfo.resolve_model(spec)
+        folder = modelinfo.resolve_model(spec).absolute()  # gptqmodel works from the output folder: no relative path
     except modelinfo.ModelError as exc:
         raise QuantizeError(str(exc)) from exc
     calib = calib or default_calib(spec)
