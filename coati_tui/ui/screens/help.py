@@ -13,11 +13,13 @@ from textual.widgets import Static
 GUIDE = (
     "The loop: SFT teaches the model to answer, the reward model (RM) learns which of two answers people "
     "prefer, PPO improves the SFT model against the RM while a KL penalty keeps it close and the PTX loss "
-    "keeps its SFT skills. Home plans memory for every preset and stage; each stage runs in a child "
+    "keeps its SFT skills. Or skip the RM and PPO: DPO (o) learns straight from the preference pairs "
+    "(ORPO ctrl+o, KTO ctrl+k). Home plans memory for every preset and stage; each stage runs in a child "
     "process that keeps training if the app closes (Runs re-attaches). No model yet? g runs the demo. "
     "Every run can be replayed headless: coati-tui train STAGE --resume RUN_FOLDER. Then F2 Chat talks to "
     "the result (4-bit, 8-bit or GPTQ), and F3 Rank compares two of its answers: your labels train the "
-    "next reward model (ctrl+t there)."
+    "next reward model (ctrl+t there) or a DPO run (ctrl+o), and ctrl+r makes that run model A of the next "
+    "round of labels."
 )
 
 
