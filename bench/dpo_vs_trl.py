@@ -45,24 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-WORDS_EN = [
-    "the",
-    "reward",
-    "model",
-    "scores",
-    "answers",
-    "and",
-    "the",
-    "policy",
-    "learns",
-    "to",
-    "write",
-    "better",
-    "ones",
-    "please",
-    "answer",
-]
-WORDS_ZH = list("监督微调让模型学会遵循指令奖励模型给回答打分策略学习写出更好的回答")
+from sft_vs_trl import WORDS_EN, WORDS_ZH  # the same bilingual vocabulary as the SFT comparison
+
 MAX_LEN = 256
 LR = 2e-4
 BETA = 0.1

@@ -53,6 +53,22 @@ def _logsig(x):
     return -math.log1p(math.exp(-x))
 
 
+def _recipe_on(model, cls, preset, tok):
+    """A recipe's own loss code on ``model`` (a PEFT model from a peer's trainer, its adapters moved off zero
+    so the policy differs from the reference), without a run folder."""
+    from coati_tui.trainer import strategy
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    recipe = cls.__new__(cls)
+    recipe.preset, recipe.device, recipe.tokenizer, recipe.ref_cache, recipe.model = preset, "cpu", tok, None, model
+    recipe.strategy = strategy.Naive("cpu", "fp32")
+    return recipe
+
+
 def test_each_loss_equals_its_formula():
     from coati_tui.trainer import prefs_math as P
 
@@ -131,7 +147,6 @@ def test_dpo_and_ipo_equal_trl_on_the_same_batch(loss, tiny_model, tmp_path):
     from coati_tui.core import presets
     from coati_tui.data import formats
     from coati_tui.data.tokenize import load_tokenizer, prepare_preferences
-    from coati_tui.trainer import strategy
     from coati_tui.trainer.dpo import DPO, PrefItem
 
     tok, _ = load_tokenizer(str(tiny_model))
@@ -166,14 +181,7 @@ def test_dpo_and_ipo_equal_trl_on_the_same_batch(loss, tiny_model, tmp_path):
         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
     )
     model = trainer.model
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    ours = DPO.__new__(DPO)  # the recipe's own loss code on this model, without a run folder
-    ours.preset, ours.device, ours.tokenizer, ours.ref_cache, ours.model = preset, "cpu", tok, None, model
-    ours.strategy = strategy.Naive("cpu", "fp32")
+    ours = _recipe_on(model, DPO, preset, tok)
     batch = ours.collate([PrefItem(c, r, i) for i, (c, r) in enumerate(examples)])
     with torch.no_grad():
         mine, metrics = ours.pair_loss(batch)
@@ -202,7 +210,6 @@ def test_kto_equals_trl_on_the_same_batch(tiny_model, tmp_path):
     from coati_tui.core import presets
     from coati_tui.data import formats
     from coati_tui.data.tokenize import load_tokenizer, prepare_labelled
-    from coati_tui.trainer import strategy
     from coati_tui.trainer.kto import KTO, LabelledItem
 
     tok, _ = load_tokenizer(str(tiny_model))
@@ -238,14 +245,7 @@ def test_kto_equals_trl_on_the_same_batch(tiny_model, tmp_path):
         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
     )
     model = trainer.model
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    ours = KTO.__new__(KTO)
-    ours.preset, ours.device, ours.tokenizer, ours.ref_cache, ours.model = preset, "cpu", tok, None, model
-    ours.strategy = strategy.Naive("cpu", "fp32")
+    ours = _recipe_on(model, KTO, preset, tok)
     batch = ours.collate([LabelledItem(a, kl, i, d) for i, (a, kl, d) in enumerate(prepared)])
     n = len(prepared)
     mask = (batch["labels"] != -100).long()
