@@ -482,3 +482,29 @@ def test_dpo_under_torchrun_two_processes(reference, tiny_model, tmp_path):
     assert start["reference"] == reference and start["total_steps"] == 32 // 4 // 2
     assert of(evs, "done")[0]["status"] == "completed"
     assert (tmp_path / "ddp" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_a_full_fine_tune_precomputes_its_reference_and_writes_a_full_model(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(24))
+    out = tmp_path / "full"
+    proc, evs = train(
+        "dpo",
+        "--model",
+        str(tiny_model),
+        "--data",
+        data,
+        "--out",
+        str(out),
+        *SMALL,
+        "--lora-rank",
+        "0",
+        "--max-steps",
+        "3",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (start,) = of(evs, "start")
+    assert start["reference"] == "precomputed" and start["trainable_params"] == start["params"]
+    assert (out / "ref_logps.safetensors").is_file()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "llama"
