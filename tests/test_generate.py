@@ -158,7 +158,8 @@ def test_cli_generate_streams_through_megabytes_of_stderr(tiny_model):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [e for e in map(events.parse, proc.stdout.splitlines()) if e][-1]["type"] == "answer"
     log = paths.home() / "logs" / "generate.log"
-    assert log.stat().st_size > 4 * MB and NOISE_LINE in log.read_text(encoding="utf-8")[-1000:]
+    # all of the flood is in the log (what follows it, e.g. transformers' warnings, differs between stacks)
+    assert log.read_text(encoding="utf-8").count(NOISE_LINE) >= 4 * MB // len(NOISE_LINE)
 
 
 def test_cli_generate_8bit_on_cpu_answers_at_length(wide_model):
