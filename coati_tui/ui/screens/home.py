@@ -268,7 +268,12 @@ class HomeScreen(Screen):
             self.app.call_from_thread(self._data_info, text)
 
     def _data_info(self, text: Text) -> None:
-        info = self.query_one("#data-info", Static)
+        from textual.css.query import NoMatches
+
+        try:
+            info = self.query_one("#data-info", Static)
+        except NoMatches:  # the check finished as the screen closed (the app quitting): nothing to show
+            return
         info.update(text)
         info.set_class(not text.plain, "empty")
 
