@@ -36,7 +36,7 @@ HEAVY = (
     "trl",
     "safetensors.torch",
 )
-APP_SIDE = ("coati_tui.ui", "coati_tui.host")
+APP_SIDE = ("coati_tui.ui", "coati_tui.host", "coati_tui.serve")
 CHILD_SIDE = ("coati_tui.trainer", "coati_tui.worker")
 
 

@@ -1,7 +1,7 @@
 """The ``coati-tui`` command. With no command it opens the app; every other command runs headless.
 
 One module per group of commands (info: profile, plan, presets; train; demo; gen: generate, chat, rank,
-quantize; data: export, tiny); the typer app is assembled here. Keep them light: they are imported on
+quantize; serve; data: export, tiny); the typer app is assembled here. Keep them light: they are imported on
 every start, so heavy work is imported inside commands.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from coati_tui.cli import data, demo, gen, info, train
+from coati_tui.cli import data, demo, gen, info, serve, train
 
 app = typer.Typer(
     add_completion=False,
@@ -43,6 +43,7 @@ app.command()(gen.chat)
 app.command()(gen.generate)
 app.command()(gen.quantize)
 app.command()(gen.rank)
+app.command()(serve.serve)
 app.add_typer(data.export_app, name="export")
 app.command()(data.tiny)
 

@@ -35,7 +35,16 @@ from coati_tui.core.procenv import child_env
 __all__ = ["DTYPES", "QUANTS", "SAMPLING_KEYS", "GenerationClient", "default_log", "generate_request", "stop"]
 
 WORKER_MODULE = "coati_tui.worker"
-SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
+SAMPLING_KEYS = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "min_new_tokens",
+)
 LOG_LIMIT = 16 * 2**20  # bytes of a worker's stderr kept in its log file; then only its tail, at the end
 TAIL_BYTES = 32 * 1024  # the end of stderr kept in memory, for error messages
 
@@ -45,12 +54,14 @@ def default_log() -> Path:
     return paths.home() / "logs" / "worker.log"
 
 
-def generate_request(rid: str, messages: Sequence[Mapping[str, str]], **sampling: Any) -> dict[str, Any]:
-    """A ``generate`` request (the worker's defaults fill what ``sampling`` leaves out)."""
+def generate_request(rid: str, messages: Sequence[Mapping[str, str]] | str, **sampling: Any) -> dict[str, Any]:
+    """A ``generate`` request (the worker's defaults fill what ``sampling`` leaves out). ``messages`` is a
+    conversation (rendered by the model's chat template) or a plain prompt string (sent as it is)."""
     unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
     if unknown:
         raise TypeError(f"not a sampling setting: {', '.join(unknown)} (have: {', '.join(SAMPLING_KEYS)})")
-    return {"op": "generate", "id": rid, "messages": [dict(m) for m in messages], **sampling}
+    text = {"prompt": messages} if isinstance(messages, str) else {"messages": [dict(m) for m in messages]}
+    return {"op": "generate", "id": rid, **text, **sampling}
 
 
 class GenerationClient:
@@ -59,7 +70,14 @@ class GenerationClient:
     Events are read by one consumer (``events()``, typically on a thread); requests may be sent from
     another. ``stop`` (or the module's ``stop`` for several at once) ends it."""
 
-    def __init__(self, model: str, quant: str = "none", dtype: str = "auto", log: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        quant: str = "none",
+        dtype: str = "auto",
+        log: Path | str | None = None,
+        trust_remote_code: bool = False,  # the worker may run the model folder's own code
+    ) -> None:
         if quant not in QUANTS:
             raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
         if dtype not in DTYPES:
@@ -74,7 +92,8 @@ class GenerationClient:
         read_end, write_end = os.pipe()
         try:
             self.proc: subprocess.Popen[str] = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, model, "--quant", quant, "--dtype", dtype],
+                [sys.executable, "-m", WORKER_MODULE, model, "--quant", quant, "--dtype", dtype]
+                + (["--trust-remote-code"] if trust_remote_code else []),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=write_end,
@@ -113,7 +132,7 @@ class GenerationClient:
                 return False
         return True
 
-    def generate(self, messages: Sequence[Mapping[str, str]], rid: str | None = None, **sampling: Any) -> str:
+    def generate(self, messages: Sequence[Mapping[str, str]] | str, rid: str | None = None, **sampling: Any) -> str:
         """Ask for an answer to ``messages``; returns the request id its ``token``/``answer`` events carry."""
         rid = rid if rid is not None else f"r{next(self._ids)}"
         self.send(generate_request(rid, messages, **sampling))

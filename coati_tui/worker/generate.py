@@ -4,11 +4,15 @@
 
 Protocol: JSON lines, the same event schema as the trainer (``coati_tui.events``). Requests on stdin:
 ``{"op": "generate", "id": "r1", "messages": [...], "max_new_tokens": 256, "temperature": 0.7,
-"top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0, "seed": null}``, ``{"op": "cancel", "id": "r1"}``,
-``{"op": "quit"}``. Events on stdout: ``loaded`` once (device, dtype, quantization, memory), ``token``
-pieces while an answer streams, ``answer`` at its end (stop: end_token / max_new_tokens / cancelled),
-``error`` (kind: config for a bad model path or request, missing_dependency, gpu_oom, crash) after which a
-request-level error leaves the worker running.
+"top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0, "seed": null, "stop": ["###"], "min_new_tokens": 0}``
+(or ``"prompt":
+"raw text"`` in place of ``messages``: no chat template), ``{"op": "cancel", "id": "r1"}``, ``{"op": "quit"}``.
+Events on stdout: ``loaded`` once (device, dtype, quantization, memory, context length), ``token`` pieces
+while an answer streams, ``answer`` at its end (stop: end_token / max_new_tokens / stop_sequence /
+cancelled; tokens and prompt_tokens), ``error`` (kind: config for a bad model path or request,
+missing_dependency, gpu_oom, crash). A request's error carries its ``id`` (and ``param``, the field at
+fault) and leaves the worker running. A prompt that fills the context is refused; one that leaves less
+room than ``max_new_tokens`` stops at the context's end (``max_new_tokens``).
 
 Models: a model folder, a cached hub id, or a run's output (a merged model, or a PEFT adapter over its
 base); a GPTQ checkpoint loads through its own quantization config. 4-bit is bitsandbytes NF4 with
@@ -105,6 +109,7 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
         "memory_bytes": memory,
         "load_s": time.perf_counter() - t0,
         "end_token_id": end_id,
+        "context_length": int(getattr(model_obj.config, "max_position_embeddings", 0) or 0),  # 0: not known
     }
     return model_obj, tokenizer, info
 
@@ -118,32 +123,12 @@ class Worker:
 
     def generate(self, req: dict) -> None:
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        from coati_tui.data.tokenize import render
+        from coati_tui.worker.stops import StopScanner
 
         rid = str(req.get("id", ""))
-        messages = req.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise WorkerError("config", f"request {rid!r}: messages must be a non-empty list")
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
-        enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.info["device"])
-        if req.get("seed") is not None:
-            torch.manual_seed(int(req["seed"]))
-        temperature = float(req.get("temperature", 0.7))
-        eos = {self.info["end_token_id"]} | (
-            {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        )
-        gen = GenerationConfig(
-            max_new_tokens=int(req.get("max_new_tokens", 256)),
-            do_sample=temperature > 0,
-            temperature=max(temperature, 1e-5),
-            top_p=float(req.get("top_p", 1.0)),
-            top_k=int(req.get("top_k", 0)) or None,
-            repetition_penalty=float(req.get("repetition_penalty", 1.0)),
-            eos_token_id=sorted(eos),
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        enc, gen, eos = self._prepare(req, rid)
         worker = self
 
         class Cancel(StoppingCriteria):
@@ -169,21 +154,80 @@ class Worker:
         t0 = time.perf_counter()
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        pieces = []
+        scan = StopScanner(req.get("stop") or ())
         for piece in streamer:
-            if piece:
-                pieces.append(piece)
-                self.emit("token", id=rid, text=piece)
+            ready = scan.feed(piece)
+            if scan.hit is not None:
+                self.cancelled.add(rid)  # a stop sequence: generation ends at the next token
+            if ready:
+                self.emit("token", id=rid, text=ready)
         thread.join()
         if "error" in out:
             raise out["error"]
+        if scan.hit is None and (rest := scan.finish()):
+            self.emit("token", id=rid, text=rest)
         new = out["ids"][0, enc["input_ids"].shape[1] :].tolist()
         dt = time.perf_counter() - t0
-        stop = "cancelled" if rid in self.cancelled else "end_token" if new and new[-1] in eos else "max_new_tokens"
+        if scan.hit is not None:
+            stop = "stop_sequence"
+        elif rid in self.cancelled:
+            stop = "cancelled"
+        else:
+            stop = "end_token" if new and new[-1] in eos else "max_new_tokens"
         self.cancelled.discard(rid)
         self.emit(
-            "answer", id=rid, text="".join(pieces), tokens=len(new), tokens_per_s=len(new) / max(dt, 1e-9), stop=stop
+            "answer",
+            id=rid,
+            text=scan.text,
+            tokens=len(new),
+            prompt_tokens=int(enc["input_ids"].shape[1]),
+            tokens_per_s=len(new) / max(dt, 1e-9),
+            stop=stop,
         )
+
+    def _prepare(self, req: dict, rid: str):
+        """(encoded prompt, generation config, end token ids) for a request; WorkerError names a bad field."""
+        import torch
+        from transformers import GenerationConfig
+
+        from coati_tui.data.tokenize import render
+
+        prompt, messages = req.get("prompt"), req.get("messages")
+        if isinstance(prompt, str):
+            text, field = prompt, "prompt"
+        elif isinstance(messages, list) and messages:
+            text, field = render(self.tokenizer, messages, add_generation_prompt=True), "messages"
+        else:
+            raise WorkerError("config", f"request {rid!r}: messages must be a non-empty list", param="messages")
+        enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.info["device"])
+        n = int(enc["input_ids"].shape[1])
+        context = self.info.get("context_length") or 0
+        if context and n >= context:
+            raise WorkerError(
+                "config", f"request {rid!r}: the {field} is {n} tokens, the model's context is {context}", param=field
+            )
+        if n == 0:
+            raise WorkerError("config", f"request {rid!r}: the {field} is empty", param=field)
+        if req.get("seed") is not None:
+            torch.manual_seed(int(req["seed"]))
+        temperature = float(req.get("temperature", 0.7))
+        eos = {self.info["end_token_id"]} | (
+            {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        )
+        max_new = int(req.get("max_new_tokens", 256))
+        max_new = min(max_new, context - n) if context else max_new  # the context's end is a length stop
+        gen = GenerationConfig(
+            max_new_tokens=max_new,
+            min_new_tokens=min(int(req.get("min_new_tokens") or 0), max_new) or None,  # the end token held off
+            do_sample=temperature > 0,
+            temperature=max(temperature, 1e-5),
+            top_p=float(req.get("top_p", 1.0)),
+            top_k=int(req.get("top_k", 0)) or None,
+            repetition_penalty=float(req.get("repetition_penalty", 1.0)),
+            eos_token_id=sorted(eos),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return enc, gen, eos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,5 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             worker.generate(req)
-        except Exception as exc:  # one bad request: say so, keep serving
-            emit("error", kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}", log_tail=[])
+        except Exception as exc:  # one bad request: say so (its id and field), keep serving
+            message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+            extra = {"param": exc.param} if isinstance(exc, WorkerError) and exc.param else {}
+            emit("error", kind=error_kind(exc), message=message, log_tail=[], id=str(req.get("id", "")), **extra)
