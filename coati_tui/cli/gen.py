@@ -10,6 +10,7 @@ import typer
 from coati_tui.cli.common import fail
 from coati_tui.core.events import QUANTS
 
+TRUST_HELP = "let the model folder run its own Python code (its config.json's auto_map): read it first"
 QUANT_HELP = "none | 8bit | 4bit (bitsandbytes) | gptq (a `coati-tui quantize` folder; they load as such anyway)"
 
 
@@ -51,6 +52,7 @@ def generate(
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.1),
     seed: int | None = typer.Option(None, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print the worker's events (JSON lines)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Answer one prompt headless (for scripts), through the same generation worker the chat pane uses."""
     import json
@@ -58,7 +60,7 @@ def generate(
     from coati_tui.host.gen_client import GenerationClient
 
     _check_quant(quant)
-    client = GenerationClient(model, quant, log=generate_log())
+    client = GenerationClient(model, quant, log=generate_log(), trust_remote_code=trust_remote_code)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     code = 1
     try:

@@ -104,6 +104,9 @@ def train(
     desirable_weight: float | None = _flag("desirable_weight"),
     undesirable_weight: float | None = _flag("undesirable_weight"),
     task: str = typer.Option("", "--task", hidden=True),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="let the model folder run its own Python code (auto_map): read it first"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the event stream (JSON lines) instead of progress"),
 ) -> None:
     """Train a stage in a child process; every app run can be replayed with this command."""
@@ -171,6 +174,7 @@ def _resolve_config(
             template=opts["template"],
             loss=loss or "log_sig",
             tensorboard=opts["tensorboard"],
+            trust_remote_code=opts.get("trust_remote_code", False),
         )
     except (modelinfo.ModelError, presets.PresetError, ValueError) as exc:
         fail(str(exc))

@@ -238,3 +238,79 @@ class Arch:
         if targets == "all-linear":
             return self.linears
         return tuple(lin for lin in self.linears if lin.name in set(targets))
+
+
+# ---- before anything loads: the folder's files, read as bytes (no torch) -------------------------------
+REMOTE_CODE_FLAG = "--trust-remote-code"
+
+
+def check_model(spec: str | os.PathLike[str], trust_remote_code: bool = False) -> Path:
+    """The folder behind ``spec``, once its files look whole: a readable ``config.json`` (or an adapter's
+    config and its base), no custom code unless trusted, every ``*.safetensors`` as long as its header
+    says and every shard an index names present. Raises ModelError naming the file."""
+    folder = resolve_model(spec)
+    cfg_file = folder / "config.json"
+    if cfg_file.is_file():
+        cfg = _json_file(cfg_file)
+        if cfg.get("auto_map") and not trust_remote_code:
+            raise ModelError(
+                f"{cfg_file}: asks to run the model's own Python code (auto_map: "
+                f"{', '.join(sorted(cfg['auto_map']))}); coati-tui runs it only with {REMOTE_CODE_FLAG}. "
+                "Read that code first, or remove auto_map to load transformers' built-in "
+                f"{cfg.get('model_type', '?')!r} code"
+            )
+    else:
+        base = _json_file(folder / "adapter_config.json").get("base_model_name_or_path")
+        if not base:
+            raise ModelError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path")
+        check_model(base, trust_remote_code)
+    check_weights(folder)
+    return folder
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return data
+
+
+def check_weights(folder: Path) -> None:
+    """Every shard a ``*.safetensors.index.json`` names exists, and every ``*.safetensors`` file is whole."""
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        shards = set((_json_file(index).get("weight_map") or {}).values())
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise ModelError(f"{index}: names {len(missing)} shard(s) not in the folder: {', '.join(missing[:4])}")
+    for file in sorted(folder.glob("*.safetensors")):
+        check_safetensors(file)
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file is an 8-byte little-endian header length, a JSON header giving each tensor's
+    data offsets, then the data: the file must end exactly where the last tensor does."""
+    size = file.stat().st_size
+    again = "copy or download it again"
+    with file.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{file}: truncated ({size} bytes, not even a header); {again}")
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            raise ModelError(f"{file}: truncated: its header alone is {n} bytes, the file has {size}; {again}")
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ModelError(f"{file}: damaged header, not a safetensors file ({exc}); {again}") from exc
+    expected = 8 + n + end
+    if expected > size:
+        raise ModelError(
+            f"{file}: truncated: {size} of {expected} bytes ({expected - size} missing, a cut-short copy "
+            f"or download); {again}"
+        )
+    if expected < size:
+        raise ModelError(f"{file}: {size - expected} bytes past the last tensor (damaged); {again}")

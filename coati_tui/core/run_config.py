@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,6 +20,7 @@ else:  # pragma: no cover
 import tomli_w
 
 from coati_tui.core import presets
+from coati_tui.core.errors import ConfigError
 from coati_tui.core.presets import Preset
 
 STAGES = ("sft", "rm", "ppo", "dpo", "orpo", "kto")
@@ -48,6 +49,7 @@ class RunConfig:
     reward: str = ""  # PPO: the reward model (an RM run's output)
     ptx_data: str = ""  # PPO: SFT data for the PTX loss; "" = no PTX loss
     task: str = ""  # PPO: a built-in task whose true score eval reports ("demo")
+    trust_remote_code: bool = False  # the model folder may run its own code (auto_map): --trust-remote-code
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -83,13 +85,41 @@ class RunConfig:
     def read(cls, run_dir: Path) -> RunConfig:
         path = Path(run_dir) / "config.toml"
         if not path.is_file():
-            raise ValueError(f"{run_dir}: no config.toml (not a coati-tui run folder)")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        preset = presets.from_dict(data.pop("preset"), path, "preset")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+            raise ConfigError(f"{run_dir}: no config.toml (not a coati-tui run folder)")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: unreadable as TOML ({exc})") from exc
+        if not isinstance(data.get("preset"), dict):
+            raise ConfigError(f"{path}: preset: missing, or not a table")
+        try:
+            preset = presets.from_dict(data.pop("preset"), path, "preset")
+        except presets.PresetError as exc:  # its keys are the [preset] table's: say so
+            where = f"{path}: {exc.key}: " if exc.key else f"{path}: "
+            raise ConfigError(f"{path}: preset.{exc.key or ''}: {str(exc).removeprefix(where)}") from exc
+        _check_types(data, path)
         cfg = cls(preset=preset, **data)
-        cfg.validate()
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
         return cfg
+
+
+def _check_types(data: dict[str, Any], path: Path) -> None:
+    """Each key of a config.toml is a RunConfig field of its type: else a ConfigError naming key and file."""
+    hints = get_type_hints(RunConfig)
+    required = {f.name for f in dataclasses.fields(RunConfig) if f.default is dataclasses.MISSING}
+    required.discard("preset")
+    for key, value in data.items():
+        typ = hints.get(key)
+        if typ is None or key == "preset":
+            raise ConfigError(f"{path}: {key}: unknown key (known: {', '.join(sorted(hints))})")
+        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            data[key], ok = float(value), True
+        if not ok:
+            raise ConfigError(f"{path}: {key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)}")

@@ -24,17 +24,19 @@ def build(
     **settings: Any,
 ) -> RunConfig:
     """A validated RunConfig from what a user chose. No preset: the planner's pick for this machine.
-    Raises ModelError / PresetError / ValueError with a message fit to show."""
+    Raises ModelError / PresetError / ValueError with a message fit to show. The model's files are checked
+    here (whole, no custom code unless ``trust_remote_code``), so a bad folder leaves no run folder behind."""
     from coati_tui.core import hardware, modelinfo, planner
 
-    folder = modelinfo.resolve_model(model)
+    trust = bool(settings.get("trust_remote_code", False))
+    folder = modelinfo.check_model(model, trust)
     if not preset_name:
         arch = modelinfo.Arch.from_config(modelinfo.read_config(folder))
         result = planner.plan(arch, presets.load_all(), planner.Machine.from_profile(hardware.profile()), (stage,))
         preset_name = result.recommended_by_stage.get(stage) or "lora_naive"
     preset = presets.load(preset_name).with_overrides(overrides or {}, "overrides")
     if reward:
-        reward = str(modelinfo.resolve_model(reward).absolute())
+        reward = str(modelinfo.check_model(reward, trust).absolute())
     cfg = RunConfig(
         stage=stage,
         model=str(folder.absolute()),

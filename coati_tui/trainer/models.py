@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coati_tui.core import modelinfo
 from coati_tui.core.errors import ConfigError, transformers_major
 from coati_tui.core.presets import Preset
+
+# May a model folder run its own code (its config.json's auto_map)? The run's ``trust_remote_code``, set
+# once per trainer process by ``Run``; off everywhere else.
+TRUST_REMOTE_CODE = False
 
 
 @dataclass
@@ -100,10 +105,12 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    modelinfo.check_model(model_dir, TRUST_REMOTE_CODE)  # a cut-short file is named, not a safetensors traceback
     device = device or pick_device()
     precision = pick_precision(preset, device)
     kwargs = load_kwargs(precision, preset.quant.bits, device, preset.quant.double_quant)
     kwargs["attn_implementation"] = "sdpa"
+    kwargs["trust_remote_code"] = TRUST_REMOTE_CODE
     base = adapter_base(model_dir)
     if base and preset.quant.bits:
         raise ConfigError(

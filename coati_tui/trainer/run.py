@@ -38,6 +38,9 @@ class Run:
 
     # ---- context: logging, signals, errors ------------------------------------------------------
     def __enter__(self) -> Run:
+        from coati_tui.trainer import models
+
+        models.TRUST_REMOTE_CODE = self.cfg.trust_remote_code
         handlers = [logging.StreamHandler(sys.stderr)]
         if self.main:
             handlers.append(logging.FileHandler(self.dir / "train.log", encoding="utf-8"))

@@ -39,8 +39,9 @@ class WorkerError(CoatiError):
         self.kind = kind
 
 
-def load(model: str, quant: str = "none", dtype: str = "auto"):
-    """(model, tokenizer, info) ready to generate; WorkerError names what is wrong."""
+def load(model: str, quant: str = "none", dtype: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer, info) ready to generate; WorkerError names what is wrong (a missing or cut-short
+    file, custom code without ``trust_remote_code``) before transformers reads a byte of it."""
     import importlib.util
 
     from transformers import AutoModelForCausalLM
@@ -50,7 +51,7 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
     from coati_tui.trainer import models
 
     try:
-        folder = modelinfo.resolve_model(model)
+        folder = modelinfo.check_model(model, trust_remote_code)
     except modelinfo.ModelError as exc:
         raise WorkerError("config", str(exc)) from exc
     device = models.pick_device()
@@ -79,6 +80,7 @@ def load(model: str, quant: str = "none", dtype: str = "auto"):
                 "(this stack pins an older one); use a CUDA GPU or --quant none",
             )
     kwargs = models.load_kwargs(dtype, bits, device)
+    kwargs["trust_remote_code"] = trust_remote_code
     if gptq:
         kwargs["device_map"] = {"": device}
     base = models.adapter_base(folder)
@@ -235,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model")
     ap.add_argument("--quant", choices=QUANTS, default="none")
     ap.add_argument("--dtype", choices=DTYPES, default="auto")
+    ap.add_argument("--trust-remote-code", action="store_true", help="run a model folder's own Python code")
     args = ap.parse_args(argv)
     emit = events.Emitter(None, echo=sys.stdout)
     try:
-        model, tokenizer, info = load(args.model, args.quant, args.dtype)
+        model, tokenizer, info = load(args.model, args.quant, args.dtype, args.trust_remote_code)
     except Exception as exc:
         emit("error", kind=error_kind(exc), message=f"{exc}", log_tail=[])
         return 1
