@@ -110,6 +110,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print the event stream (JSON lines) instead of progress"),
 ) -> None:
     """Train a stage in a child process; every app run can be replayed with this command."""
+    from coati_tui.core import runlock
     from coati_tui.core.run_config import STAGES, RunConfig
     from coati_tui.data import formats
     from coati_tui.host import runs
@@ -123,6 +124,10 @@ def train(
             fail(str(exc))
         if cfg.stage != stage:
             fail(f"{resume} is a {cfg.stage} run, not {stage}")
+        try:
+            runlock.check_free(resume)  # the trainer refuses too; this says so before anything starts
+        except runlock.RunLocked as exc:
+            fail(str(exc))
         run_dir = resume
     else:
         if not model or not data:

@@ -35,7 +35,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "token": ("id", "text"),
     "answer": ("id", "text", "tokens", "tokens_per_s", "stop"),  # stop: end_token | max_new_tokens | cancelled
 }
-ERROR_KINDS = ("gpu_oom", "cpu_oom", "data", "config", "missing_dependency", "crash")
+ERROR_KINDS = ("gpu_oom", "cpu_oom", "data", "config", "missing_dependency", "disk_full", "crash")
 DONE_STATUSES = ("completed", "cancelled")
 
 

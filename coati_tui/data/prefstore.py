@@ -19,8 +19,10 @@ share one file (SQLite's locking; a busy writer is waited for up to 10 s).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -386,11 +388,24 @@ def export(store_path: str | Path, fmt: str, out: str | Path) -> tuple[int, dict
         raise ValueError(f"--format must be coati or trl, not {fmt!r}")
     with Store(store_path, create=False) as store:
         records, left_out = store.preferences()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec if fmt == "coati" else to_trl(rec), ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    lines = (json.dumps(rec if fmt == "coati" else to_trl(rec), ensure_ascii=False) + "\n" for rec in records)
+    _write_whole(Path(out), lines)
     return len(records), left_out
+
+
+def _write_whole(out: Path, lines: Iterable[str]) -> None:
+    """``out`` holds the old file or the whole new one, never part of it (kill -9, a full disk, two exports
+    at once): a temp file of its own in the same folder, synced, then renamed over ``out``."""
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, out)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from coati_tui.core import events, paths, procenv
+from coati_tui.core import errors, events, paths, procenv, runlock
 from coati_tui.core.errors import MissingDependency, error_kind
 from coati_tui.core.run_config import RunConfig
 
@@ -38,9 +38,11 @@ class Run:
 
     # ---- context: logging, signals, errors ------------------------------------------------------
     def __enter__(self) -> Run:
+        self.lock = self._lock() if self.main else None  # one writer per run folder, before writing a byte
         from coati_tui.trainer import models
 
         models.TRUST_REMOTE_CODE = self.cfg.trust_remote_code
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over a file-size limit a write fails (EFBIG), not us
         handlers = [logging.StreamHandler(sys.stderr)]
         if self.main:
             handlers.append(logging.FileHandler(self.dir / "train.log", encoding="utf-8"))
@@ -53,6 +55,16 @@ class Run:
             (self.dir / "pid").write_text(str(os.getpid()))
         return self
 
+    def _lock(self) -> runlock.RunLock:
+        try:
+            return runlock.acquire(self.dir)
+        except runlock.RunLocked as exc:  # the holder's events.jsonl is not ours to write: stdout only
+            if self.emit.file:
+                self.emit.file.close()
+            self.emit.file = None
+            self.emit("error", kind="config", message=str(exc), log_tail=[])
+            raise SystemExit(1) from exc
+
     def _on_signal(self, signum, _frame) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop now, the last checkpoint stands
             raise KeyboardInterrupt
@@ -64,13 +76,33 @@ class Run:
             log.error("".join(traceback.format_exception(exc_type, exc, tb)))
             for h in logging.getLogger().handlers:
                 h.flush()
-            self.emit("error", kind=error_kind(exc), message=f"{type(exc).__name__}: {exc}", log_tail=self.log_tail())
+            kind, message = error_kind(exc), f"{type(exc).__name__}: {exc}"
+            if self.main:
+                message = self._partial_writes(exc, kind) or message
+            self.emit("error", kind=kind, message=message, log_tail=self.log_tail())
             self.emit.close()
             raise SystemExit(1)
         self.emit.close()
+        if self.lock:
+            self.lock.release()
         if self.tb:
             self.tb.close()
         return False
+
+    def _partial_writes(self, exc: BaseException, kind: str) -> str:
+        """Remove what a failed write left (``checkpoints/.tmp-step-N``, ``final.tmp``: the finished ones
+        stand); on a full disk, the message that names it."""
+        partial = sorted((self.dir / "checkpoints").glob(".tmp-*")) + sorted(self.dir.glob("*.tmp"))
+        for folder in partial:
+            shutil.rmtree(folder, ignore_errors=True)
+        if kind != "disk_full":
+            return ""
+        last = self.checkpoints()
+        target = partial[0].with_name(partial[0].name.removeprefix(".tmp-").removesuffix(".tmp")) if partial else None
+        stands = f"; the partial write is removed, {last[-1]} stands" if last else ""
+        like = last[-1] if last and target and target.parent.name == "checkpoints" else None
+        message = errors.disk_full_message(exc, target, like)
+        return f"{message}{stands}. Free space there, then resume"
 
     def log_tail(self, n: int = 20) -> list[str]:
         path = self.dir / "train.log"

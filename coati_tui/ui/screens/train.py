@@ -34,6 +34,7 @@ OOM_HINT = {
     "cpu_oom": "Out of RAM: a preset with less offload, or a smaller batch.",
     "data": "Fix the record named above and start again.",
     "missing_dependency": "Install what the message names, then resume (r).",
+    "disk_full": "The disk is full: free space where the message says (old runs, checkpoints), then resume (r).",
 }
 
 
