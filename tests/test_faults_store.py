@@ -169,6 +169,11 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
         proc, _ = train("sft", "--resume", str(run))  # the CLI says so before it starts anything
         assert proc.returncode == 2 and f"pid {first.pid}" in proc.stderr and "coati_tui.train" in proc.stderr
         assert "Traceback" not in proc.stderr
+        config = (run / "config.toml").read_bytes()  # a new run aimed at it (--out) is refused too, untouched
+        cfg = RunConfig.read(run)
+        proc, _ = train("sft", "--model", cfg.model, "--data", cfg.data, "--out", str(run), "--preset", "lora_naive")
+        assert proc.returncode == 2 and f"pid {first.pid}" in proc.stderr
+        assert (run / "config.toml").read_bytes() == config
 
         seen = len(events.read(run / "events.jsonl"))
         second = subprocess.run(  # a trainer started by hand (or by an app that did not look) refuses too

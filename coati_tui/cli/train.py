@@ -117,6 +117,12 @@ def train(
 
     if stage not in STAGES:
         fail(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    target = resume or out
+    try:  # the trainer refuses a second writer too; this says so before a file is touched
+        if target:
+            runlock.check_free(target)
+    except runlock.RunLocked as exc:
+        fail(str(exc))
     if resume:
         try:
             cfg = RunConfig.read(resume)
@@ -124,10 +130,6 @@ def train(
             fail(str(exc))
         if cfg.stage != stage:
             fail(f"{resume} is a {cfg.stage} run, not {stage}")
-        try:
-            runlock.check_free(resume)  # the trainer refuses too; this says so before anything starts
-        except runlock.RunLocked as exc:
-            fail(str(exc))
         run_dir = resume
     else:
         if not model or not data:
