@@ -13,6 +13,7 @@ mid-stream cancels its generation. With an API key, every /v1 request must carry
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -116,18 +117,40 @@ async def _complete(broker: Broker, name: str, request: Request, kind: str) -> R
     except Busy as exc:
         return _json_error(api.ApiError(429, f"the server is busy: {exc}; retry later", type_="rate_limit_error"))
     rid = api.new_id(kind)
+    watch = asyncio.create_task(_watch(request, broker, job))
     if req.stream:
-        return StreamingResponse(_stream(broker, job, req, rid, name), media_type="text/event-stream")
-    while True:
-        ev = await job.queue.get()
-        if ev["type"] == "answer":
-            _log_request(job, kind, ev)
-            return JSONResponse(api.response(req, rid, name, ev))
-        if ev["type"] == "error":
-            return _json_error(worker_error(ev))
+        return StreamingResponse(_stream(broker, job, req, rid, name, watch), media_type="text/event-stream")
+    try:
+        while True:
+            ev = await job.queue.get()
+            if ev["type"] == "answer":
+                _log_request(job, kind, ev)
+                return JSONResponse(api.response(req, rid, name, ev))
+            if ev["type"] == "error":
+                return _json_error(worker_error(ev))
+    finally:
+        watch.cancel()
 
 
-async def _stream(broker: Broker, job: Job, req: api.Completion, rid: str, name: str) -> AsyncIterator[str]:
+async def _watch(request: Request, broker: Broker, job: Job) -> None:
+    """Cancel ``job`` when its client disconnects. Read here, not left to Starlette: a server that writes
+    to a closed stream without an error (uvicorn 0.29, which colossalai pins) would never tell it."""
+    while not job.finished:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            _cancel(broker, job)
+            return
+
+
+def _cancel(broker: Broker, job: Job) -> None:
+    if not job.finished and not job.cancelled:
+        broker.cancel(job)
+        log.info("%s: the client went away; its generation is cancelled", job.rid)
+
+
+async def _stream(
+    broker: Broker, job: Job, req: api.Completion, rid: str, name: str, watch: asyncio.Task[None]
+) -> AsyncIterator[str]:
     ended = False
     try:
         if req.kind == "chat":
@@ -135,8 +158,11 @@ async def _stream(broker: Broker, job: Job, req: api.Completion, rid: str, name:
         while True:
             ev = await job.queue.get()
             if ev["type"] == "token":
-                yield _sse(api.chunk(req, rid, name, ev["text"]))
-            elif ev["type"] == "answer":
+                text, ev = _pending_text(job, ev["text"])
+                yield _sse(api.chunk(req, rid, name, text))
+                if ev is None:
+                    continue
+            if ev["type"] == "answer":
                 yield _sse(api.chunk(req, rid, name, None, api.finish_reason(ev)))
                 if req.include_usage:
                     yield _sse(api.usage_chunk(req, rid, name, ev))
@@ -148,9 +174,20 @@ async def _stream(broker: Broker, job: Job, req: api.Completion, rid: str, name:
         ended = True
         yield "data: [DONE]\n\n"
     finally:
+        watch.cancel()
         if not ended:  # the client went away (or the server is stopping): stop generating for it
-            broker.cancel(job)
-            log.info("%s %s: the client went away; its generation is cancelled", req.kind, job.rid)
+            _cancel(broker, job)
+
+
+def _pending_text(job: Job, text: str) -> tuple[str, dict[str, Any] | None]:
+    """``text`` and every token already queued behind it, as one piece (a slow reader gets fewer, longer
+    chunks instead of falling behind), and the event that ended the run of tokens, if one came."""
+    while not job.queue.empty():
+        ev = job.queue.get_nowait()
+        if ev["type"] != "token":
+            return text, ev
+        text += ev["text"]
+    return text, None
 
 
 def _log_request(job: Job, kind: str, answer: dict[str, Any]) -> None:
@@ -169,5 +206,5 @@ def _log_request(job: Job, kind: str, answer: dict[str, Any]) -> None:
         first,
         now - started,
         waited,
-        api.finish_reason(answer),
+        "cancelled" if answer["stop"] == "cancelled" else api.finish_reason(answer),
     )
