@@ -245,3 +245,24 @@ def test_a_broken_preset_file_names_the_key_and_the_file(tiny_model, sft_data, t
     assert proc.returncode == 2 and str(preset) in proc.stderr, proc.stderr
     assert all(w in proc.stderr for w in words) and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("trust", [False, True])
+async def test_chat_runs_custom_code_only_when_told(custom_code_model, tmp_path, monkeypatch, trust):
+    from test_app_train import wait_for
+
+    from coati_tui.ui.app import CoatiApp
+
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("COATI_TEST_MARKER", str(marker))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    app = CoatiApp(model=str(custom_code_model), mode="chat", trust_remote_code=trust)
+    async with app.run_test(size=(120, 40)) as pilot:
+        chat = app.screen
+        status = chat.query_one("#chat-status")
+        if trust:
+            await wait_for(pilot, lambda: chat.loaded is not None)
+            assert marker.read_text() == "custom code ran"
+        else:
+            await wait_for(pilot, lambda: "--trust-remote-code" in str(status.render()))
+            assert "auto_map" in str(status.render()) and chat.loaded is None and not marker.exists()

@@ -29,6 +29,7 @@ def generate_log() -> Path:
 def chat(
     model: str = typer.Argument(..., help="model folder, run folder (its final/) or cached hub id"),
     quant: str = typer.Option("none", "--quant", help=QUANT_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Open the app on its chat screen with this model loaded (in a child process)."""
     from coati_tui.core import hardware
@@ -37,7 +38,7 @@ def chat(
     hardware.profile_early()
     from coati_tui.ui.app import run_app
 
-    run_app(model=model, mode="chat", quant=quant)
+    run_app(model=model, mode="chat", quant=quant, trust_remote_code=trust_remote_code)
 
 
 def generate(

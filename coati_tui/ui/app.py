@@ -35,9 +35,15 @@ class CoatiApp(App):
     DEFAULT_MODE = "train"
 
     def __init__(
-        self, model: str | None = None, mode: str = "train", quant: str = "none", rank: dict | None = None
+        self,
+        model: str | None = None,
+        mode: str = "train",
+        quant: str = "none",
+        rank: dict | None = None,
+        trust_remote_code: bool = False,  # `chat MODEL --trust-remote-code`: that model may run its own code
     ) -> None:
         self.model = model  # Home (the train mode's first screen) plans this model; Chat loads it
+        self.trust_remote_code = trust_remote_code
         self.start_mode, self.quant = mode, quant
         self.rank_options = rank or {}  # `coati-tui rank`: store, second model, prompts, annotator
         if not gc.get_freeze_count():
@@ -110,5 +116,11 @@ def _rank_screen():
     return RankScreen()
 
 
-def run_app(model: str | None = None, mode: str = "train", quant: str = "none", rank: dict | None = None) -> None:
-    CoatiApp(model=model, mode=mode, quant=quant, rank=rank).run()
+def run_app(
+    model: str | None = None,
+    mode: str = "train",
+    quant: str = "none",
+    rank: dict | None = None,
+    trust_remote_code: bool = False,
+) -> None:
+    CoatiApp(model=model, mode=mode, quant=quant, rank=rank, trust_remote_code=trust_remote_code).run()

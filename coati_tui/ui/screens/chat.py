@@ -120,7 +120,8 @@ class ChatScreen(Screen):
         self.quant = self.query_one("#chat-quant", Select).value
         self.loaded, self.generating = None, False
         self.query_one("#chat-status", Static).update(f"loading {spec} ({self.quant})…")
-        self.worker = GenerationClient(spec, str(self.quant), log=worker_log())
+        trust = bool(getattr(self.app, "trust_remote_code", False)) and spec == self.app.model  # that one only
+        self.worker = GenerationClient(spec, str(self.quant), log=worker_log(), trust_remote_code=trust)
         threading.Thread(target=self._read, args=(self.worker,), daemon=True).start()
 
     def action_pick_run(self) -> None:
