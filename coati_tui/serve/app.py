@@ -156,12 +156,12 @@ async def _stream(
         if req.kind == "chat":
             yield _sse(api.chunk(req, rid, name, ""))  # the role
         while True:
-            ev = await job.queue.get()
-            if ev["type"] == "token":
+            ev: dict[str, Any] | None = await job.queue.get()
+            if ev is not None and ev["type"] == "token":
                 text, ev = _pending_text(job, ev["text"])
                 yield _sse(api.chunk(req, rid, name, text))
-                if ev is None:
-                    continue
+            if ev is None:
+                continue
             if ev["type"] == "answer":
                 yield _sse(api.chunk(req, rid, name, None, api.finish_reason(ev)))
                 if req.include_usage:
