@@ -103,6 +103,17 @@ def test_the_header_check_names_each_kind_of_damage(model_copy, damage):
         modelinfo.check_weights(model_copy)
 
 
+def test_a_cut_short_torch_bin_is_named(model_copy, tmp_path):
+    import torch
+
+    weights = model_copy / "pytorch_model.bin"
+    torch.save({"w": torch.zeros(4096)}, weights)
+    modelinfo.check_weights(model_copy)  # whole: passes
+    cut_short(weights, 0.6)
+    with pytest.raises(modelinfo.ModelError, match=f"{weights}: truncated"):
+        modelinfo.check_weights(model_copy)
+
+
 def test_an_unreadable_config_json_is_named(model_copy, sft_data, tmp_path):
     (model_copy / "config.json").write_text('{"model_type": "llama", ')
     refused_everywhere(model_copy, sft_data, tmp_path, str(model_copy / "config.json"), "unreadable")

@@ -287,6 +287,19 @@ def check_weights(folder: Path) -> None:
             raise ModelError(f"{index}: names {len(missing)} shard(s) not in the folder: {', '.join(missing[:4])}")
     for file in sorted(folder.glob("*.safetensors")):
         check_safetensors(file)
+    for file in sorted(folder.glob("pytorch_model*.bin")) + sorted(folder.glob("adapter_model.bin")):
+        check_torch_file(file)
+
+
+def check_torch_file(file: Path) -> None:
+    """A ``torch.save`` file is a zip whose directory sits at its end (a cut-short one has none), or an old
+    (torch < 1.6) pickle, which starts with the pickle protocol byte."""
+    import zipfile
+
+    with file.open("rb") as f:
+        first = f.read(1)
+    if not zipfile.is_zipfile(file) and first != b"\x80":
+        raise ModelError(f"{file}: truncated or damaged ({file.stat().st_size} bytes, no zip directory at its end)")
 
 
 def check_safetensors(file: Path) -> None:
