@@ -33,7 +33,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # the generation worker (coati_tui.worker): a model loaded, streamed pieces, a finished answer
     "loaded": ("model", "device", "dtype", "quant", "memory_bytes", "load_s"),
     "token": ("id", "text"),
-    "answer": ("id", "text", "tokens", "tokens_per_s", "stop"),  # stop: end_token | max_new_tokens | cancelled
+    # stop: end_token | max_new_tokens | stop_sequence | cancelled (prompt_tokens: the prompt's length)
+    "answer": ("id", "text", "tokens", "tokens_per_s", "stop"),
 }
 ERROR_KINDS = ("gpu_oom", "cpu_oom", "data", "config", "missing_dependency", "disk_full", "crash")
 DONE_STATUSES = ("completed", "cancelled")

@@ -34,9 +34,11 @@ from coati_tui.core.events import DTYPES, QUANTS
 
 
 class WorkerError(CoatiError):
-    def __init__(self, kind: str, message: str):
+    """What the worker cannot do; ``param`` names the request's field at fault, where one is."""
+
+    def __init__(self, kind: str, message: str, param: str | None = None):
         super().__init__(message)
-        self.kind = kind
+        self.kind, self.param = kind, param
 
 
 def load(model: str, quant: str = "none", dtype: str = "auto", trust_remote_code: bool = False):
