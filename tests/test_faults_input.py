@@ -277,3 +277,16 @@ async def test_chat_runs_custom_code_only_when_told(custom_code_model, tmp_path,
         else:
             await wait_for(pilot, lambda: "--trust-remote-code" in str(status.render()))
             assert "auto_map" in str(status.render()) and chat.loaded is None and not marker.exists()
+
+
+def test_a_broken_user_preset_is_named_when_the_planner_reads_it(tiny_model, sft_data, tmp_path):
+    """No --preset: the planner reads every preset, the user's own among them."""
+    home = tmp_path / "home"
+    (home / "presets").mkdir(parents=True)
+    mine = home / "presets" / "my_lora.toml"
+    mine.write_text('strategy = "naive"\n[train]\nbatch_size = -4\n')
+    out = tmp_path / "run"
+    proc = cli("train", "sft", "--model", str(tiny_model), "--data", sft_data, "--out", str(out),
+               env={"COATI_TUI_HOME": str(home)})  # fmt: skip
+    assert proc.returncode == 2 and f"{mine}: train.batch_size" in proc.stderr and "minimum" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
