@@ -237,3 +237,44 @@ def test_kill_9_during_an_export_leaves_the_old_file_whole(tmp_path):
     strays = [p.name for p in tmp_path.iterdir() if p.name not in ("p.sqlite", "prefs.jsonl", "exporter.py")]
     assert all(n.startswith(".prefs.jsonl.") and n.endswith(".tmp") for n in strays if "sqlite" not in n), strays
     assert export(store, "coati", out)[0] == 120 and len(out.read_text().splitlines()) == 120
+
+
+FULL_EXPORTER = """
+import resource, signal, sys
+from coati_tui.data import prefstore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full disk says ENOSPC; a size limit says EFBIG (once ignored)
+write = prefstore._write_whole
+
+
+def fill_then_write(out, lines):  # the store is read; the disk fills as the export is written
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    write(out, lines)
+
+
+prefstore._write_whole = fill_then_write
+try:
+    prefstore.export(sys.argv[1], "coati", sys.argv[2])
+except OSError as exc:
+    print("errno", exc.errno)
+"""
+
+
+def test_a_full_disk_during_an_export_leaves_the_old_file_and_no_temp(tmp_path):
+    from coati_tui.data.prefstore import Store, export
+
+    store = tmp_path / "p.sqlite"
+    with Store(store) as s:
+        for i in range(100):
+            pid = s.add_prompt([{"role": "user", "content": f"问题 {i} " + "长" * 40}], "test")
+            pair = s.add_pair(pid, {"text": "好" * 40, "model": "a"}, {"text": "坏", "model": "b"}, swapped=False)
+            s.judge(pair, "A", "ann")
+    out = tmp_path / "prefs.jsonl"
+    out.write_text("the old export\n")
+    script = tmp_path / "exporter.py"
+    script.write_text(FULL_EXPORTER)
+    proc = subprocess.run([sys.executable, str(script), str(store), str(out)], capture_output=True, text=True)
+    assert proc.stdout.split() == ["errno", "27"], proc.stderr[-2000:]
+    assert out.read_text() == "the old export\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert export(store, "coati", out)[0] == 100

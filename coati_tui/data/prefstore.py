@@ -105,7 +105,8 @@ class Store:
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: unreadable as a preference store ({exc})") from exc
+            full = " (is the disk full?)" if "disk" in str(exc) else ""  # WAL needs room for its -wal / -shm files
+            raise StoreError(f"{self.path}: unreadable as a preference store ({exc}){full}") from exc
 
     # ---- schema -----------------------------------------------------------------------------------
     def _migrate(self) -> None:
