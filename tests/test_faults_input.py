@@ -119,6 +119,11 @@ def test_an_unreadable_config_json_is_named(model_copy, sft_data, tmp_path):
     refused_everywhere(model_copy, sft_data, tmp_path, str(model_copy / "config.json"), "unreadable")
 
 
+def test_a_cut_short_tokenizer_json_is_named(model_copy, sft_data, tmp_path):
+    cut_short(model_copy / "tokenizer.json")
+    refused_everywhere(model_copy, sft_data, tmp_path, str(model_copy / "tokenizer.json"), "unreadable")
+
+
 CUSTOM_MODELING = """
 import os
 from pathlib import Path

@@ -264,8 +264,14 @@ def check_model(spec: str | os.PathLike[str], trust_remote_code: bool = False) -
         if not base:
             raise ModelError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path")
         check_model(base, trust_remote_code)
+    for name in JSON_FILES:  # a cut-short tokenizer.json fails deep in tokenizers without a file name
+        if (folder / name).is_file():
+            _json_file(folder / name)
     check_weights(folder)
     return folder
+
+
+JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
 
 
 def _json_file(path: Path) -> dict[str, Any]:
