@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -79,6 +79,60 @@ def read(path: str | Path) -> list[dict[str, Any]]:
         return []
     with path.open(encoding="utf-8") as f:
         return [e for e in map(parse, f) if e is not None]
+
+
+def torn_tail(path: str | Path) -> tuple[int, str] | None:
+    """(its line number, its text) when the file's last line lacks its newline (a writer killed mid-line),
+    else None. ``parse`` of that text tells a cut-short event from a whole one that missed its newline."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return None
+    if size == 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        if f.read(1) == b"\n":
+            return None
+        f.seek(0)
+        lines, last = 0, b""
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            lines += chunk.count(b"\n")
+            last = chunk.rsplit(b"\n", 1)[1] if b"\n" in chunk else (last + chunk)[-(1 << 20) :]
+    return lines + 1, last.decode("utf-8", errors="replace")
+
+
+class Steps:
+    """A run's step events as they stand, in step order, fed one event at a time (``latest_steps`` for a
+    whole list). A resumed trainer redoes the steps after its checkpoint, so ``events.jsonl`` can hold a
+    step twice: the later record wins, and it also ends every record after it (they came from the trainer
+    that was stopped); a start that ``resumed_from`` step r ends the records after r at once."""
+
+    def __init__(self) -> None:
+        self.list: list[dict[str, Any]] = []
+
+    def add(self, ev: Mapping[str, Any]) -> int:
+        """Take any event; returns how many of the records before it still stand."""
+        if ev.get("type") == "start" and isinstance(ev.get("resumed_from"), int):
+            cut = ev["resumed_from"]
+        elif ev.get("type") == "step":
+            cut = ev["step"] - 1
+        else:
+            return len(self.list)
+        while self.list and self.list[-1]["step"] > cut:
+            self.list.pop()
+        kept = len(self.list)
+        if ev["type"] == "step":
+            self.list.append(dict(ev))
+        return kept
+
+
+def latest_steps(evs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The step events of ``evs`` (a run's, in file order) as they stand: see ``Steps``."""
+    steps = Steps()
+    for ev in evs:
+        steps.add(ev)
+    return steps.list
 
 
 def follow(stream: IO[str]) -> Iterator[dict[str, Any]]:

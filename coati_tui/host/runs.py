@@ -172,24 +172,45 @@ class Tail:
 
 
 def status(run_dir: Path) -> dict[str, Any]:
-    """A run's state from its files: stage, status (running/completed/cancelled/failed/unknown), last loss."""
+    """A run's state from its files: stage, status (running/completed/cancelled/failed/stopped/unknown),
+    step and loss as they stand (``events.latest_steps``: a resumed run's redone steps count once), and
+    ``resume_from``, the newest whole checkpoint's step (0: none, a resume starts over). The last trainer's
+    events decide the status; "stopped" is one that died without a word (kill -9, power loss)."""
     evs = events.read(Path(run_dir) / "events.jsonl")
-    start = next((e for e in evs if e["type"] == "start"), None)
-    end = next((e for e in reversed(evs) if e["type"] in ("done", "error")), None)
-    steps = [e for e in evs if e["type"] == "step"]
+    starts = [i for i, e in enumerate(evs) if e["type"] == "start"]
+    end = next((e for e in reversed(evs[starts[-1] if starts else 0 :]) if e["type"] in ("done", "error")), None)
+    steps = events.latest_steps(evs)
     state = "unknown" if not evs else "running"
     if end is not None:
         state = end["status"] if end["type"] == "done" else "failed"
     elif evs and alive(run_dir) is None:
-        state = "stopped"  # killed without a word (kill -9, power loss): resume from the last checkpoint
+        state = "stopped"
+    resume_from = resume_point(run_dir)
+    note = ""
+    if state == "stopped":
+        where = f"checkpoint step-{resume_from}" if resume_from else "the start (no whole checkpoint)"
+        note = f"the trainer stopped without a word at step {steps[-1]['step'] if steps else 0}: resumable from {where}"
     return {
         "run": str(run_dir),
-        "stage": start["stage"] if start else None,
+        "stage": evs[starts[0]]["stage"] if starts else None,
         "status": state,
         "step": steps[-1]["step"] if steps else 0,
         "loss": steps[-1]["loss"] if steps else None,
         "final": (Path(run_dir) / "final").is_dir(),
+        "resume_from": resume_from,
+        "note": note,
     }
+
+
+def resume_point(run_dir: Path) -> int:
+    """The step of the checkpoint a resume starts from: the newest whole one (the trainer skips damaged
+    ones the same way), 0 for none."""
+    good = last_good_checkpoint(run_dir)
+    return int(good.name[5:]) if good else 0
+
+
+def last_good_checkpoint(run_dir: Path) -> Path | None:
+    return next((c for c in reversed(paths.checkpoints(run_dir)) if not paths.checkpoint_damage(c)), None)
 
 
 def config_of(spec: str | Path) -> RunConfig | None:
@@ -279,8 +300,8 @@ def retry_with(run_dir: Path, preset_name: str) -> tuple[Path, bool]:
         and not new.full_finetune
         and new.lora.rank == RunConfig.read(run_dir).preset.lora.rank
     )
-    found = paths.checkpoints(run_dir)
-    if same_adapters and found:
-        shutil.copytree(found[-1], out / "checkpoints" / found[-1].name)
+    good = last_good_checkpoint(run_dir)
+    if same_adapters and good:
+        shutil.copytree(good, out / "checkpoints" / good.name)
         return out, True
     return out, False

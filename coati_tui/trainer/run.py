@@ -53,7 +53,20 @@ class Run:
             signal.signal(sig, self._on_signal)
         if self.main:  # so a watcher that attaches later can find (and cancel) this process
             (self.dir / "pid").write_text(str(os.getpid()))
+            self._mend_events()
         return self
+
+    def _mend_events(self) -> None:
+        """A trainer killed mid-write leaves a torn last line in events.jsonl: end it, so that the next
+        event starts a line of its own (readers skip the torn one), and name it in a log event."""
+        torn = events.torn_tail(self.dir / "events.jsonl")
+        if torn and self.emit.file is not None:
+            self.emit.file.write("\n")
+        if torn and events.parse(torn[1]) is None:
+            self.warn(
+                f"events.jsonl line {torn[0]} was cut short when the last trainer stopped ({torn[1][:60]!r}): "
+                f"readers skip it"
+            )
 
     def _lock(self) -> runlock.RunLock:
         try:
@@ -73,7 +86,8 @@ class Run:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is not None and not isinstance(exc, SystemExit):
-            log.error("".join(traceback.format_exception(exc_type, exc, tb)))
+            own = isinstance(exc, errors.CoatiError)  # its message is fit to show as it is: no traceback
+            log.error(f"{type(exc).__name__}: {exc}" if own else "".join(traceback.format_exception(exc_type, exc, tb)))
             for h in logging.getLogger().handlers:
                 h.flush()
             kind, message = error_kind(exc), f"{type(exc).__name__}: {exc}"
@@ -92,7 +106,7 @@ class Run:
     def _partial_writes(self, exc: BaseException, kind: str) -> str:
         """Remove what a failed write left (``checkpoints/.tmp-step-N``, ``final.tmp``: the finished ones
         stand); on a full disk, the message that names it."""
-        partial = sorted((self.dir / "checkpoints").glob(".tmp-*")) + sorted(self.dir.glob("*.tmp"))
+        partial = paths.partial_writes(self.dir)
         for folder in partial:
             shutil.rmtree(folder, ignore_errors=True)
         if kind != "disk_full":
@@ -154,22 +168,49 @@ class Run:
         if self.main:
             (tmp / "state.json").write_text(json.dumps(state.__dict__))
             (tmp / "launch.json").write_text(json.dumps({"processes": procenv.world()}))
-            shutil.rmtree(final, ignore_errors=True)
+            paths.write_manifest(tmp)  # last: a checkpoint whose manifest is whole was written whole
+            _remove(final)
             os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoint whole
             for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
             self.emit("checkpoint", step=state.step, path=str(final))
         strategy.barrier()
         return final
 
     def load_checkpoint(self, read: Callable[[Path], None], state_cls: type):
-        """The last checkpoint's state (``read(folder)`` restores the model parts), or a fresh state."""
+        """The newest whole checkpoint's state (``read(folder)`` restores the model parts), or a fresh state
+        when there is none. A damaged one (``paths.checkpoint_damage``: a file missing or cut short, or one
+        its loader cannot read) is skipped with a warning naming it and the file; once an older one loads,
+        those its manifest proved damaged move aside to ``step-N.damaged``. None whole: a ConfigError
+        saying what each one lacks."""
+        if self.main:
+            self._remove_partial_writes()
+        damaged: list[tuple[Path, str]] = []
+        for ckpt in reversed(self.checkpoints()):
+            damage = paths.checkpoint_damage(ckpt)
+            if not damage:
+                try:
+                    state = self._restore(ckpt, read, state_cls)
+                except Exception as exc:
+                    if error_kind(exc) != "crash" or isinstance(exc, errors.CoatiError):
+                        raise  # out of memory, a missing package: not the checkpoint's fault
+                    damage = f"{ckpt}: cannot be read ({type(exc).__name__}: {exc})"
+                else:
+                    self._set_aside(damaged, ckpt)
+                    return state
+            damaged.append((ckpt, damage))
+            self.warn(f"checkpoint {ckpt.name} is damaged, trying the one before it: {damage}")
+        if damaged:
+            raise errors.ConfigError(
+                f"no whole checkpoint to resume from in {self.dir / 'checkpoints'}: "
+                + "; ".join(why for _, why in damaged)
+                + ". Restore the files named, or start the run again in a new folder (without --resume)"
+            )
+        return state_cls()
+
+    def _restore(self, ckpt: Path, read: Callable[[Path], None], state_cls: type):
         import torch
 
-        found = self.checkpoints()
-        if not found:
-            return state_cls()
-        ckpt = found[-1]
         read(ckpt)
         own = ckpt / f"rng-{procenv.rank()}.pt"
         rng = torch.load(own if own.is_file() else ckpt / "rng.pt", weights_only=True)
@@ -180,11 +221,42 @@ class Run:
         launch = ckpt / "launch.json"
         before = json.loads(launch.read_text())["processes"] if launch.is_file() else procenv.world()
         if before != procenv.world():
-            message = (
+            self.warn(
                 f"{ckpt} was written by {before} process(es), this run has {procenv.world()}: each process's "
                 f"share of the data from here on differs from the uninterrupted run's (resume with "
                 f"--nproc-per-node / --nnodes as before to repeat it)"
             )
-            log.warning(message)
-            self.emit("log", level="warning", message=message)
         return state
+
+    def _set_aside(self, damaged: list[tuple[Path, str]], loaded: Path) -> None:
+        """Checkpoints newer than the one that loaded, damaged by their manifest: out of the listing (the
+        run writes their steps again; pruning must never keep them in place of a whole one)."""
+        if not self.main:
+            return
+        for ckpt, why in damaged:
+            if ckpt.is_dir() and "cannot be read" not in why:
+                aside = ckpt.with_name(ckpt.name + ".damaged")
+                _remove(aside)
+                os.replace(ckpt, aside)
+                self.warn(f"resumed from {loaded.name}; the damaged {ckpt.name} is moved to {aside}")
+
+    def _remove_partial_writes(self) -> None:
+        for folder in paths.partial_writes(self.dir):
+            _remove(folder)
+            self.info(f"removed {folder}: a write the last trainer did not finish")
+
+    def warn(self, message: str) -> None:
+        log.warning(message)
+        self.emit("log", level="warning", message=message)
+
+
+def _remove(folder: Path) -> None:
+    """Out of the listing at once (a rename), then deleted: a kill midway leaves a ``.tmp-`` folder, not a
+    checkpoint with half its files."""
+    if not folder.exists():
+        return
+    gone = folder.with_name(f".tmp-gone-{folder.name}") if folder.parent.name == "checkpoints" else folder
+    if gone != folder:
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(folder, gone)
+    shutil.rmtree(gone, ignore_errors=True)
