@@ -96,6 +96,31 @@ def resume(run: Path) -> tuple[Attempt, int, str]:
     return att, code, err
 
 
+def plotted(run: Path) -> tuple[list[int], list[float], str]:
+    """What the Train screen shows of a past run: the plot's steps and values, and its log's text."""
+    import asyncio
+
+    from coati_tui.ui.app import CoatiApp
+    from coati_tui.ui.screens.train import TrainScreen
+    from coati_tui.ui.widgets.loss_plot import LossPlot
+
+    async def look():
+        app = CoatiApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.2)
+            screen = TrainScreen(run)
+            app.push_screen(screen)
+            while not (app.screen is screen and screen.is_mounted):
+                await pilot.pause(0.1)
+            await pilot.pause(0.5)
+            plot = screen.query_one(LossPlot)
+            log = screen.query_one("#log")
+            text = "\n".join("".join(seg.text for seg in line) for line in log.lines)
+            return list(plot.steps), list(plot.values), text
+
+    return asyncio.run(look())
+
+
 def losses(run: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in events.latest_steps(events.read(run / "events.jsonl"))}
 
@@ -135,18 +160,28 @@ def test_kills_mid_step_then_resume_equal_the_uninterrupted_run(setup, tmp_path)
     assert killed and runs.status(run)["status"] == "stopped" and runs.status(run)["resume_from"] == 0
     second = rng.choice([4, 5, 7, 8, 10])  # not a checkpoint's step: the kill lands in a step, not a save
     att, killed = kill_at(run, ["--resume", str(run)], "step", second, rng)
+    # step `second`'s event came after the checkpoint before it was whole; a busy machine may let the kill
+    # land a step or two later (then a newer checkpoint may stand): the newest listed one is where it resumes
+    last = max(e["step"] for e in events.read(run / "events.jsonl") if e["type"] == "step")
+    newest = int(paths.checkpoints(run)[-1].name[5:])
     st = runs.status(run)
-    assert killed and st["status"] == "stopped" and st["resume_from"] == second // SAVE * SAVE
-    assert f"resumable from checkpoint step-{st['resume_from']}" in st["note"]
+    assert killed and st["status"] == "stopped" and st["step"] == last >= second
+    assert st["resume_from"] == newest >= second // SAVE * SAVE
+    assert f"resumable from checkpoint step-{newest}" in st["note"]
+    steps, values, log = plotted(run)  # the Train screen: each step once, the note that says where it resumes
+    assert steps == list(range(1, last + 1)) and "resumable from checkpoint" in log and "press r" in log
+    assert max(abs(v - reference[s]) for s, v in zip(steps, values)) <= 1e-4
     att, code, err = resume(run)
     assert code == 0, err[-2000:]
     (start,) = [e for e in att.events if e["type"] == "start"]
-    assert start["resumed_from"] == second // SAVE * SAVE
+    assert start["resumed_from"] == newest
     assert_same_as(reference, run)
     steps = [e["step"] for e in events.read(run / "events.jsonl") if e["type"] == "step"]
     assert len(steps) > len(set(steps)) == 12  # some steps are in the file twice; each counts once
     st = runs.status(run)
-    assert st["status"] == "completed" and st["step"] == 12 and st["loss"] == reference[12]
+    assert st["status"] == "completed" and st["step"] == 12 and st["loss"] == reference[12] and not st["note"]
+    steps, values, _ = plotted(run)
+    assert steps == list(range(1, 13)) and max(abs(v - reference[s]) for s, v in zip(steps, values)) <= 1e-4
 
 
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_one_before(setup, tmp_path):
@@ -206,44 +241,46 @@ def test_a_torn_last_line_is_skipped_and_named(setup, tmp_path):
     assert_same_as(reference, run)
 
 
-def cut_after(run: Path, base: list[str], step: int) -> None:
-    """A run killed just after step ``step`` (seen on the CLI's stdout)."""
+def cut_after(run: Path, base: list[str], step: int) -> tuple[str, str]:
+    """A run killed just after step ``step``: its two kept checkpoints (step-3 and step-6, unless a busy
+    machine let the trainer reach step 9 first), newest last."""
     _, killed = kill_at(run, [*base, "--out", str(run)], "step", step, random.Random(step))
     assert killed
+    older, newest = [c.name for c in paths.checkpoints(run)]
+    return older, newest
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_one_before(setup, tmp_path):
     """The user's report: optimizer.pt of the newest checkpoint emptied, the one before whole."""
     base, reference = setup
     run = tmp_path / "run"
-    cut_after(run, base, 7)
-    assert [c.name for c in paths.checkpoints(run)] == ["step-3", "step-6"]
-    (run / "checkpoints" / "step-6" / "optimizer.pt").write_bytes(b"")
-    assert runs.status(run)["resume_from"] == 3  # the Runs list already knows
+    older, newest = cut_after(run, base, 7)
+    (run / "checkpoints" / newest / "optimizer.pt").write_bytes(b"")
+    assert runs.status(run)["resume_from"] == int(older[5:])  # the Runs list already knows
     att, code, err = resume(run)
     assert code == 0, err[-2000:]
     warned = [e["message"] for e in att.events if e["type"] == "log" and e["level"] == "warning"]
-    assert any("step-6" in w and "optimizer.pt" in w and "0 bytes" in w for w in warned), warned
-    assert [e["resumed_from"] for e in att.events if e["type"] == "start"] == [3]
-    assert (run / "checkpoints" / "step-6.damaged" / "optimizer.pt").is_file()  # set aside, not deleted
+    assert any(newest in w and "optimizer.pt" in w and "0 bytes" in w for w in warned), warned
+    assert [e["resumed_from"] for e in att.events if e["type"] == "start"] == [int(older[5:])]
+    assert (run / "checkpoints" / f"{newest}.damaged" / "optimizer.pt").is_file()  # set aside, not deleted
     assert_same_as(reference, run)
 
 
 def test_no_whole_checkpoint_is_one_error_naming_what_is_missing(setup, tmp_path):
     base, _ = setup
     run = tmp_path / "run"
-    cut_after(run, base, 7)
-    (run / "checkpoints" / "step-6" / "trainable.safetensors").unlink()
-    rng_pt = run / "checkpoints" / "step-3" / "rng.pt"
+    older, newest = cut_after(run, base, 7)
+    (run / "checkpoints" / newest / "trainable.safetensors").unlink()
+    rng_pt = run / "checkpoints" / older / "rng.pt"
     rng_pt.write_bytes(rng_pt.read_bytes()[:100])
     att, code, err = resume(run)
     assert code != 0 and "Traceback" not in err
     (error,) = [e for e in att.events if e["type"] == "error"]
     assert error["kind"] == "config" and not [e for e in att.events if e["type"] == "step"]
-    assert "step-6/trainable.safetensors: missing" in error["message"]
-    assert "step-3/rng.pt: 100 bytes" in error["message"]
+    assert f"{newest}/trainable.safetensors: missing" in error["message"]
+    assert f"{older}/rng.pt: 100 bytes" in error["message"]
     assert not any("Traceback" in line for line in error["log_tail"])
-    assert [c.name for c in paths.checkpoints(run)] == ["step-3", "step-6"]  # nothing moved: a retry says the same
+    assert [c.name for c in paths.checkpoints(run)] == [older, newest]  # nothing moved: a retry says the same
 
 
 def test_latest_steps_the_later_record_wins():

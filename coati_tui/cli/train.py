@@ -239,6 +239,15 @@ def watch(run_dir: Path, launch: Launch, as_json: bool) -> int:
         for line in last_error["log_tail"][-8:]:
             console.print(Text(f"  {line}", style="dim"))
     if code and not last_error and not as_json:
-        console.print(f"[red]trainer exited with {code}[/]; see {run_dir}/child.log")
+        console.print(f"[red]trainer exited with {_exit(code)}[/]; see {run_dir}/child.log")
+        note = runs.status(run_dir)["note"]  # killed without a word: where a resume starts
+        if note:
+            console.print(f"{note}: coati-tui train {stage or ''} --resume {run_dir}".replace("  ", " "))
     console.print(f"run folder: {run_dir}")
     return code
+
+
+def _exit(code: int) -> str:
+    import signal
+
+    return f"{code} ({signal.Signals(-code).name})" if -code in signal.valid_signals() else str(code)

@@ -70,6 +70,7 @@ class TrainScreen(Screen):
         self.start_now = start
         self.gpu_total, self.ram_total = gpu_total, ram_total
         self.tail = runs.Tail(self.run_dir)
+        self.steps = events.Steps()  # the plotted steps as they stand (a resumed run redoes some)
         self.proc = None
         self.status = "waiting"
         self.total = None
@@ -94,6 +95,9 @@ class TrainScreen(Screen):
         if self.start_now:
             self._launch()
         self.drain()
+        note = "" if self.start_now or self.demo else runs.status(self.run_dir)["note"]
+        if note:  # killed without a word: say where a resume starts
+            self.query_one(RichLog).write(Text(f"{note} — press r to resume", style="yellow"))
         self.set_interval(0.1, self.drain)
 
     # ---- child -------------------------------------------------------------------------------
@@ -157,7 +161,6 @@ class TrainScreen(Screen):
                     "crash", f"the trainer exited with {self.proc.returncode}; see {self.run_dir}/child.log", []
                 )
             return
-        plot = self.query_one(LossPlot)
         log = self.query_one(RichLog)
         last_step = None
         for ev in new:
@@ -166,7 +169,7 @@ class TrainScreen(Screen):
                 self.total = ev["total_steps"]
                 if ev["stage"] != self.stage:
                     self.stage = ev["stage"]
-                    plot.reset(events.step_view(self.stage).label)
+                    self._reset_plot(events.step_view(self.stage).label)
                 self.query_one(ProgressBar).update(total=self.total, progress=ev.get("resumed_from", 0))
                 self.query_one("#run-title", Static).update(
                     Text.assemble(
@@ -176,11 +179,9 @@ class TrainScreen(Screen):
                         (str(self.run_dir), "dim"),
                     )
                 )
-                if ev.get("resumed_from"):  # a resumed run redraws from its first step: drop the cut tail
-                    keep = [i for i, s in enumerate(plot.steps) if s <= ev["resumed_from"]]
-                    plot.steps, plot.values = plot.steps[: len(keep)], plot.values[: len(keep)]
+                self._plot_step(ev)
             elif kind == "step":
-                plot.add(ev["step"], ev[events.step_view(self.stage, ev).metric])
+                self._plot_step(ev)
                 self.query_one(MemoryPanel).record(ev)
                 last_step = ev
             elif kind in ("sample", "eval", "checkpoint", "log"):
@@ -202,6 +203,20 @@ class TrainScreen(Screen):
         self._plot_dirty = True
         if time.monotonic() - self._plot_drawn >= PLOT_EVERY_S:
             self._redraw()
+
+    def _plot_step(self, ev: dict) -> None:
+        """A step into the plot; a resumed trainer's start, or a step recorded again, drops the points of
+        the steps it redoes (``events.Steps``: the later record wins)."""
+        plot = self.query_one(LossPlot)
+        kept = self.steps.add(ev)
+        if kept < len(plot.steps):
+            plot.steps, plot.values = plot.steps[:kept], plot.values[:kept]
+        if ev["type"] == "step":
+            plot.add(ev["step"], ev[events.step_view(self.stage, ev).metric])
+
+    def _reset_plot(self, title: str) -> None:
+        self.query_one(LossPlot).reset(title)
+        self.steps = events.Steps()
 
     def _redraw(self) -> None:
         """Plotext redraws cost tens of ms: at most four a second, however fast events come."""
@@ -261,7 +276,7 @@ class TrainScreen(Screen):
         )
         self.run_dir, self.tail, self.fallback, self.stage = new, runs.Tail(new), None, None
         self.chain = [new]
-        self.query_one(LossPlot).reset("loss")
+        self._reset_plot("loss")
         self._launch()
 
 
