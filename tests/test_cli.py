@@ -127,12 +127,24 @@ def test_the_flag_table_goes_both_ways():
         "dpo.precompute_ref": True,
         "kto.desirable_weight": 1.5,
         "kto.undesirable_weight": 0.5,
+        "grpo.group_size": 6,
+        "grpo.prompts_per_step": 3,
+        "grpo.clip_low": 0.1,
+        "grpo.clip_high": 0.28,
+        "grpo.loss_norm": "constant",
+        "grpo.scale_rewards": False,
+        "grpo.updates_per_rollout": 2,
+        "grpo.dynamic_sampling": True,
+        "grpo.reward_model_weight": 0.5,
     }
     assert set(values) == {f.key for f in flags.FLAGS}  # every row is exercised
     # a flag that several stages share sets the key of the stage it is given to, and writes back the same
-    for stage, key in (("orpo", "orpo.beta"), ("kto", "kto.beta")):
+    for stage, key in (("orpo", "orpo.beta"), ("kto", "kto.beta"), ("grpo", "grpo.beta")):
         assert flags.overrides(_train_params(stage, "--beta", "0.3"), stage) == {key: 0.3}
         assert flags.to_flags({key: 0.3}) == ["--beta", "0.3"]
+    # PPO's sampling flags set GRPO's own keys in a GRPO run
+    grpo = flags.overrides(_train_params("grpo", "--temperature", "0.6", "--max-new-tokens", "32"), "grpo")
+    assert grpo == {"grpo.temperature": 0.6, "grpo.max_new_tokens": 32}
     kto = flags.overrides(_train_params("kto", "--precompute-ref"), "kto")
     assert kto == {"kto.precompute_ref": True}
     argv = flags.to_flags(values)

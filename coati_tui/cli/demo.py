@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 
 def demo(
     out: Path | None = typer.Option(None, "--out", help="data and model folder (default: ~/coati-tui/demo)"),
-    method: str = typer.Option("ppo", "--method", help="ppo: SFT -> RM -> PPO; dpo: SFT -> DPO on the same pairs"),
+    method: str = typer.Option(
+        "ppo",
+        "--method",
+        help="ppo: SFT -> RM -> PPO; dpo: SFT -> DPO on the same pairs; grpo: SFT -> GRPO on the true score",
+    ),
     ppo_steps: int = typer.Option(0, "--ppo-steps", min=0, help="PPO steps (default: the demo's 40)"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="keep finished stages, resume a cancelled one"),
@@ -52,12 +56,13 @@ def demo(
         "rm": (None, files["prefs"]),
         "ppo": (None, files["prompts"]),
         "dpo": (None, files["prefs"]),
+        "grpo": (None, files["prompts"]),
     }
     results: dict[str, list[dict[str, Any]]] = {}
     for stage in task.METHODS[method]:
         spec = task.STAGES[stage]
         settings = dict(spec["settings"])
-        if stage == "ppo" and ppo_steps:
+        if stage in ("ppo", "grpo") and ppo_steps:
             settings["max_steps"] = ppo_steps
         run_dir = paths.runs_dir() / f"demo-{stage}"
         state = runs.status(run_dir)["status"] if (run_dir / "config.toml").is_file() else None
@@ -75,6 +80,8 @@ def demo(
                     "ptx_data": str(files["sft"]),
                     "eval_data": str(files["test_prompts"]),
                 }
+            elif stage == "grpo":
+                extra = {"eval_data": str(files["test_prompts"])}
             cfg = build(
                 stage, start, str(inputs[stage][1]), "lora_naive", spec["overrides"], seed=seed, **extra, **settings
             )
@@ -85,7 +92,7 @@ def demo(
         if code or runs.status(run_dir)["status"] != "completed":  # a failure, or cancelled: stop here
             console.print(f"stopped at {stage}; continue with: coati-tui demo --resume")
             raise typer.Exit(code)
-    raise typer.Exit(_report(results, console) if method == "ppo" else _report_dpo(results, console))
+    raise typer.Exit(_report(results, console) if method == "ppo" else _report_method(results, console, method))
 
 
 def _report(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
@@ -126,24 +133,20 @@ def _report(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
     return 0 if ok_rm and ok_ppo else 1
 
 
-def _report_dpo(results: dict[str, list[dict[str, Any]]], console: Console) -> int:
-    """DPO's held-out preference accuracy and the true score of its answers before and after; 1 below the bar."""
-    evals = [e["metrics"] for e in results["dpo"] if e["type"] == "eval"]
+def _report_method(results: dict[str, list[dict[str, Any]]], console: Console, stage: str) -> int:
+    """DPO's or GRPO's true score before and after (and DPO's held-out preference accuracy); 1 below the bar."""
+    evals = [e["metrics"] for e in results[stage] if e["type"] == "eval"]
     before, after = (evals[0], evals[-1]) if evals else ({}, {})
     ok = after.get("true_score", 0) > before.get("true_score", 1)
-    console.print("\n[bold]demo results[/] (SFT -> DPO)")
+    name = stage.upper()
+    extra = f"held-out preference accuracy {after.get('accuracy', 0):.3f}, " if stage == "dpo" else ""
+    console.print(f"\n[bold]demo results[/] (SFT -> {name})")
     console.print(
-        f"  DPO  held-out preference accuracy {after.get('accuracy', 0):.3f}, true score "
-        f"{before.get('true_score', float('nan')):.3f} (SFT model) -> "
-        f"{after.get('true_score', float('nan')):.3f} (DPO model) " + ("[green]ok[/]" if ok else "[red]no gain[/]")
+        f"  {name}  {extra}true score {before.get('true_score', float('nan')):.3f} (SFT model) -> "
+        f"{after.get('true_score', float('nan')):.3f} ({name} model) " + ("[green]ok[/]" if ok else "[red]no gain[/]")
     )
-    print(
-        json.dumps(
-            {
-                "dpo_accuracy": after.get("accuracy"),
-                "true_score_sft": before.get("true_score"),
-                "true_score_dpo": after.get("true_score"),
-            }
-        )
-    )
+    figures = {f"true_score_{stage}": after.get("true_score"), "true_score_sft": before.get("true_score")}
+    if stage == "dpo":
+        figures["dpo_accuracy"] = after.get("accuracy")
+    print(json.dumps(figures))
     return 0 if ok else 1

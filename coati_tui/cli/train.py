@@ -26,7 +26,7 @@ def _flag(param: str) -> Any:
 
 
 def train(
-    stage: str = typer.Argument(..., help="sft, rm, ppo, dpo, orpo or kto"),
+    stage: str = typer.Argument(..., help="sft, rm, ppo, dpo, orpo, kto or grpo"),
     model: str | None = typer.Option(
         None, "--model", "--pretrain", "-m", help="model folder, earlier run folder, or cached hub id"
     ),
@@ -38,7 +38,16 @@ def train(
         "--prompt_dataset",
         help=".jsonl/.json/.csv/.parquet or a datasets folder (PPO: prompts)",
     ),
-    reward: str | None = typer.Option(None, "--reward", "--rm_pretrain", help="PPO: reward model or RM run folder"),
+    reward: str | None = typer.Option(
+        None, "--reward", "--rm_pretrain", help="PPO: reward model or RM run folder (GRPO: optional)"
+    ),
+    reward_fn: list[str] | None = typer.Option(
+        None,
+        "--reward-fn",
+        "--reward_functions",
+        help="GRPO: FILE.py:NAME or a built-in (exact_answer, format, length, demo), =W for a weight; repeatable",
+        rich_help_panel=flags.GRPO,
+    ),
     ptx: str | None = typer.Option(None, "--ptx", "--pretrain_dataset", help="PPO: SFT data for the PTX loss"),
     preset_name: str | None = typer.Option(
         None, "--preset", help="preset name or .toml file (default: the planner's pick)"
@@ -103,6 +112,15 @@ def train(
     precompute_ref: bool | None = _flag("precompute_ref"),
     desirable_weight: float | None = _flag("desirable_weight"),
     undesirable_weight: float | None = _flag("undesirable_weight"),
+    group_size: int | None = _flag("group_size"),
+    prompts_per_step: int | None = _flag("prompts_per_step"),
+    clip_low: float | None = _flag("clip_low"),
+    clip_high: float | None = _flag("clip_high"),
+    loss_norm: str | None = _flag("loss_norm"),
+    scale_rewards: bool | None = _flag("scale_rewards"),
+    updates_per_rollout: int | None = _flag("updates_per_rollout"),
+    dynamic_sampling: bool | None = _flag("dynamic_sampling"),
+    reward_model_weight: float | None = _flag("reward_model_weight"),
     task: str = typer.Option("", "--task", hidden=True),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="let the model folder run its own Python code (auto_map): read it first"
@@ -136,6 +154,11 @@ def train(
             fail("--model and --data are required (or --resume RUN_DIR)")
         if stage == "ppo" and not reward:
             fail("PPO needs --reward (a reward model, or an RM run folder)")
+        if stage == "grpo" and not (reward or reward_fn):
+            fail(
+                "GRPO needs a reward: --reward-fn FILE.py:NAME (or a built-in: exact_answer, format, length) "
+                "and/or --reward RM_RUN"
+            )
         cfg = _resolve_config(stage, model, data, preset_name, strategy, locals())
         try:
             run_dir = runs.prepare(cfg, out)  # the data's format is checked before anything heavy starts
@@ -170,6 +193,7 @@ def _resolve_config(
             overrides,
             eval_data=opts["eval_data"] or "",
             reward=opts.get("reward") or "",
+            reward_fns=list(opts.get("reward_fn") or []),
             ptx_data=opts.get("ptx") or "",
             eval_interval=opts.get("eval_interval", 0),
             task=opts.get("task", ""),

@@ -212,7 +212,13 @@ STEP_VIEWS: tuple[StepView, ...] = (
         "loss (KTO)",
         "loss {loss:.4f} · reward good {reward_desirable:+.3f} / bad {reward_undesirable:+.3f} · KL {kl:.3f}",
     ),
-    # a new stage (GRPO's group reward) is one more row here, above the catch-all
+    StepView(
+        "grpo",
+        "tied_frac",
+        "reward_mean",
+        "reward (mean per step)",
+        "reward {reward_mean:+.3f} ± {reward_std:.3f} · tied {tied_frac:.0%} · KL {kl:.4f} · clip {clip_frac:.2f}",
+    ),  # a new stage is one more row here, above the catch-all
     StepView("", "loss", "loss", "loss", "loss {loss:.4f}"),  # sft, rm and any stage without a row
 )
 

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def _grpo(key: str) -> tuple[tuple[str, str], ...]:
+    return (("grpo", f"grpo.{key}"),)
+
+
 @dataclass(frozen=True)
 class Flag:
     key: str  # the preset key it sets
@@ -30,6 +34,9 @@ class Flag:
 
 PPO = "PPO"
 PREF = "DPO / SimPO / ORPO / KTO"
+GRPO = "GRPO"
+# PPO's sampling flags set GRPO's own keys in a GRPO run
+SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p")
 
 FLAGS: tuple[Flag, ...] = (
     Flag("lora.rank", ("--lora-rank", "--lora_rank"), "lora_rank", min=0, help="0 = full fine-tune"),
@@ -51,10 +58,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("ppo.gamma", ("--gamma",), "gamma", min=0, max=1, panel=PPO),
     Flag("ppo.lam", ("--lambda", "--lam"), "lam", min=0, max=1, panel=PPO),
     Flag("ppo.rollout_batch", ("--rollout-batch", "--experience_batch_size"), "rollout_batch", min=1, panel=PPO),
-    Flag("ppo.max_new_tokens", ("--max-new-tokens",), "max_new_tokens", min=1, panel=PPO),
-    Flag("ppo.temperature", ("--temperature",), "temperature", min=0.01, panel=PPO),
-    Flag("ppo.top_k", ("--top-k",), "top_k", min=0, panel=PPO),
-    Flag("ppo.top_p", ("--top-p",), "top_p", min=0.01, max=1, panel=PPO),
+    Flag(
+        "ppo.max_new_tokens", ("--max-new-tokens",), "max_new_tokens", min=1, panel=PPO, stages=_grpo("max_new_tokens")
+    ),
+    Flag("ppo.temperature", ("--temperature",), "temperature", min=0.01, panel=PPO, stages=_grpo("temperature")),
+    Flag("ppo.top_k", ("--top-k",), "top_k", min=0, panel=PPO, stages=_grpo("top_k")),
+    Flag("ppo.top_p", ("--top-p",), "top_p", min=0.01, max=1, panel=PPO, stages=_grpo("top_p")),
     Flag("ppo.ppo_epochs", ("--ppo-epochs",), "ppo_epochs", min=1, panel=PPO),
     Flag("ppo.critic_lr", ("--critic-lr",), "critic_lr", min=0, panel=PPO),
     Flag("ppo.whiten_advantages", ("--whiten",), "whiten_advantages", off="--no-whiten", panel=PPO),
@@ -65,8 +74,8 @@ FLAGS: tuple[Flag, ...] = (
         "beta",
         min=0,
         panel=PREF,
-        stages=(("orpo", "orpo.beta"), ("kto", "kto.beta")),
-        help="DPO/IPO: distance from the reference; SimPO: reward scale; ORPO: odds-ratio weight",
+        stages=(("orpo", "orpo.beta"), ("kto", "kto.beta"), ("grpo", "grpo.beta")),
+        help="DPO/IPO: distance from the reference; SimPO: reward scale; ORPO: odds-ratio weight; GRPO: KL weight",
     ),
     Flag(
         "dpo.label_smoothing", ("--label-smoothing", "--label_smoothing"), "label_smoothing", min=0, max=0.5, panel=PREF
@@ -88,6 +97,27 @@ FLAGS: tuple[Flag, ...] = (
         min=0,
         panel=PREF,
     ),
+    Flag("grpo.group_size", ("--group-size", "--num_generations"), "group_size", min=2, panel=GRPO),
+    Flag("grpo.prompts_per_step", ("--prompts-per-step",), "prompts_per_step", min=1, panel=GRPO),
+    Flag("grpo.clip_low", ("--clip-low",), "clip_low", min=0, panel=GRPO),
+    Flag("grpo.clip_high", ("--clip-high",), "clip_high", min=0, panel=GRPO, help="DAPO's clip-higher: e.g. 0.28"),
+    Flag(
+        "grpo.loss_norm",
+        ("--loss-norm",),
+        "loss_norm",
+        panel=GRPO,
+        help="sequence | token (DAPO) | constant (Dr. GRPO)",
+    ),
+    Flag("grpo.scale_rewards", ("--scale-rewards",), "scale_rewards", off="--no-scale-rewards", panel=GRPO),
+    Flag(
+        "grpo.updates_per_rollout",
+        ("--updates-per-rollout", "--num_iterations"),
+        "updates_per_rollout",
+        min=1,
+        panel=GRPO,
+    ),
+    Flag("grpo.dynamic_sampling", ("--dynamic-sampling",), "dynamic_sampling", off="--no-dynamic-sampling", panel=GRPO),
+    Flag("grpo.reward_model_weight", ("--reward-model-weight",), "reward_model_weight", min=0, panel=GRPO),
 )
 BY_KEY: dict[str, Flag] = {k: f for f in FLAGS for k in (f.key, *(key for _, key in f.stages))}
 BY_PARAM: dict[str, Flag] = {f.param: f for f in FLAGS}

@@ -258,6 +258,8 @@ def estimate(
         rollout = kv + batch * arch.vocab * 4
         dev["rollout_or_update"] = max(rollout, acts)
         alt["rollout_peak"], alt["update_peak"] = rollout, acts
+    elif stage == "grpo":
+        _grpo(arch, preset, w, batch, seq_len, gc, dev, alt)
     else:
         raise ValueError(f"unknown stage {stage!r} (use {', '.join(ALL_STAGES)})")
 
@@ -268,6 +270,22 @@ def estimate(
         params_on_disk = arch.param_count("lm") * 2
         host["load_staging"] = min(params_on_disk, 5 * 1024**3)  # one safetensors shard in flight
     return dev, host, alt, precision
+
+
+def _grpo(
+    arch: Arch, preset: Preset, w: int, batch: int, seq_len: int, gc: bool, dev: dict[str, int], alt: dict[str, int]
+) -> None:
+    """GRPO: base + actor adapter (no critic, reference free); max(rollout of G x prompts, update)."""
+    g = preset.grpo
+    answers, seq = g.group_size * g.prompts_per_step, g.max_prompt_len + g.max_new_tokens
+    dev["weights"] = weight_bytes(arch, preset, w, "lm")
+    dev["actor_lora_state"] = 16 * arch.lora_params(preset.lora.rank, preset.lora.targets)
+    if preset.quant.bits:
+        dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
+    rollout = 2 * arch.layers * arch.kv_heads * arch.head_dim * w * answers * seq + answers * arch.vocab * 4
+    acts = activation_bytes(arch, w, preset, batch * min(seq, max(seq_len, g.max_new_tokens)), gc, "lm")
+    dev["rollout_or_update"] = max(rollout, acts)
+    alt["rollout_peak"], alt["update_peak"] = rollout, acts
 
 
 # ---- verdicts ----------------------------------------------------------------------------------

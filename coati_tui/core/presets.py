@@ -143,6 +143,41 @@ class KTO:
     )
 
 
+GRPO_NORMS = ("sequence", "token", "constant")
+
+
+@dataclass
+class GRPO:
+    group_size: int = _f(8, "answers sampled per prompt (G); advantages are taken within each group", minimum=2)
+    prompts_per_step: int = _f(4, "prompts per GRPO step: G x this answers come from one batched generate", minimum=1)
+    max_new_tokens: int = _f(128, "longest answer sampled", minimum=1)
+    max_prompt_len: int = _f(256, "prompt tokens kept (the end of longer prompts)", minimum=8)
+    temperature: float = _f(1.0, "sampling temperature: a group needs different answers to learn", minimum=0.01)
+    top_k: int = _f(0, "sample among the k likeliest tokens; 0 = off", minimum=0)
+    top_p: float = _f(1.0, "nucleus sampling mass; 1 = off", minimum=0.01)
+    beta: float = _f(
+        0.04, "KL weight against the reference (adapters off), k3 estimator; 0 = no KL and no reference pass", minimum=0
+    )
+    clip_low: float = _f(0.2, "ratio clip below 1 (1 - clip_low)", minimum=0)
+    clip_high: float = _f(0.2, "ratio clip above 1 (1 + clip_high); DAPO's clip-higher raises it, e.g. 0.28", minimum=0)
+    loss_norm: str = _f(
+        "sequence",
+        "sequence = each answer's token mean, then the mean over answers (GRPO); token = over every token of "
+        "the batch (DAPO); constant = sum / (answers x max_new_tokens) (Dr. GRPO)",
+        choices=GRPO_NORMS,
+    )
+    scale_rewards: bool = _f(True, "divide advantages by the group's reward std; false = Dr. GRPO's mean-only")
+    updates_per_rollout: int = _f(
+        1, "optimizer passes over each rollout (TRL's num_iterations); train.batch_size answers a mini-batch", minimum=1
+    )
+    dynamic_sampling: bool = _f(False, "sample again the prompts whose answers all tie (no signal), as DAPO does")
+    max_resample: int = _f(2, "rounds of sampling again per step under dynamic_sampling", minimum=0)
+    reward_model_weight: float = _f(1.0, "weight of the reward model's score beside the reward functions", minimum=0)
+    format_regex: str = _f(r"(?s).*\S.*", "the built-in format reward: 1 when an answer fully matches this")
+    length_target: int = _f(200, "the built-in length reward: characters allowed before it penalises", minimum=1)
+    sample_every: int = _f(5, "emit a sample (prompt, answer, rewards) every N steps; 0 = never", minimum=0)
+
+
 @dataclass
 class Needs:
     cuda: bool = _f(False, "needs an NVIDIA GPU with CUDA")
@@ -166,6 +201,7 @@ class Preset:
     dpo: DPO = field(default_factory=DPO)
     orpo: ORPO = field(default_factory=ORPO)
     kto: KTO = field(default_factory=KTO)
+    grpo: GRPO = field(default_factory=GRPO)
     needs: Needs = field(default_factory=Needs)
     path: str = field(default="", metadata={"help": "where it was read from", "internal": True})
 

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,7 +23,7 @@ from coati_tui.core import presets
 from coati_tui.core.errors import ConfigError
 from coati_tui.core.presets import Preset
 
-STAGES = ("sft", "rm", "ppo", "dpo", "orpo", "kto")
+STAGES = ("sft", "rm", "ppo", "dpo", "orpo", "kto", "grpo")
 # the preference methods: trained on pairs (KTO: answers labelled good or bad) without a reward model
 PREFERENCE_STAGES = ("dpo", "orpo", "kto")
 RM_LOSSES = ("log_sig", "log_exp")
@@ -46,7 +46,8 @@ class RunConfig:
     template: str = ""  # named fallback chat template; "" = the tokenizer's own
     loss: str = "log_sig"  # reward model loss
     tensorboard: bool = False
-    reward: str = ""  # PPO: the reward model (an RM run's output)
+    reward: str = ""  # PPO: the reward model (an RM run's output); GRPO: one, optionally
+    reward_fns: list[str] = field(default_factory=list)  # GRPO: reward functions (trainer.rewards specs)
     ptx_data: str = ""  # PPO: SFT data for the PTX loss; "" = no PTX loss
     task: str = ""  # PPO: a built-in task whose true score eval reports ("demo")
     trust_remote_code: bool = False  # the model folder may run its own code (auto_map): --trust-remote-code
@@ -58,6 +59,8 @@ class RunConfig:
             raise ValueError(f"--loss must be one of {RM_LOSSES}, not {self.loss!r}")
         if self.stage == "ppo" and not self.reward:
             raise ValueError("PPO needs --reward (a reward model or an RM run folder)")
+        if self.stage == "grpo" and not (self.reward or self.reward_fns):
+            raise ValueError("GRPO needs a reward: --reward-fn FILE.py:NAME (or a built-in) and/or --reward RM_RUN")
         p = self.preset
         if self.stage == "ppo" and p.strategy == "gemini" and p.offload.placement == "auto":
             raise ValueError(
@@ -115,6 +118,11 @@ def _check_types(data: dict[str, Any], path: Path) -> None:
         typ = hints.get(key)
         if typ is None or key == "preset":
             raise ConfigError(f"{path}: {key}: unknown key (known: {', '.join(sorted(hints))})")
+        if get_origin(typ) is list:  # list[str]
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            if not ok:
+                raise ConfigError(f"{path}: {key}: expected a list of strings, got {value!r}")
+            continue
         ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             data[key], ok = float(value), True

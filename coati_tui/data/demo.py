@@ -179,5 +179,22 @@ STAGES = {
         },
         "settings": {"eval_split": 0.05, "task": "demo"},
     },
+    # `coati-tui demo --method grpo`: SFT, then GRPO with the task's true score as a verifiable reward (no RM)
+    "grpo": {
+        "overrides": {
+            "lora.rank": 16,
+            "train.batch_size": 32,  # answers per mini-batch: one rollout, one optimizer step
+            "train.lr": 1e-3,
+            "train.max_epochs": 10,
+            "train.grad_checkpointing": False,
+            "grpo.group_size": 8,
+            "grpo.prompts_per_step": 4,
+            "grpo.max_new_tokens": 24,
+            "grpo.temperature": 0.7,
+            "grpo.beta": 0.04,
+            "grpo.sample_every": 2,
+        },
+        "settings": {"max_steps": 40, "eval_interval": 20, "task": "demo", "reward_fns": ["demo"]},
+    },
 }
-METHODS = {"ppo": ("sft", "rm", "ppo"), "dpo": ("sft", "dpo")}  # the demo's stages per method
+METHODS = {"ppo": ("sft", "rm", "ppo"), "dpo": ("sft", "dpo"), "grpo": ("sft", "grpo")}  # stages per method

@@ -352,7 +352,7 @@ def load_labelled(path: str | Path, limit: int = 0) -> list[Labelled]:
 def load_for(stage: str, path: str | Path, limit: int = 0) -> list[Any]:
     """What ``stage`` trains on, read from ``path`` (one table, so the CLI's check before a run folder
     exists and the trainer read the same): SFT conversations, preference pairs, KTO's labelled answers,
-    or PPO prompts."""
+    PPO prompts, or GRPO's prompts with their columns."""
     loaders: dict[str, Callable[[str | Path, int], list[Any]]] = {
         "sft": load_sft,
         "rm": load_preferences,
@@ -360,6 +360,7 @@ def load_for(stage: str, path: str | Path, limit: int = 0) -> list[Any]:
         "dpo": load_preferences,
         "orpo": load_preferences,
         "kto": load_labelled,
+        "grpo": load_prompt_rows,
     }
     if stage not in loaders:
         raise ValueError(f"no data format for stage {stage!r}")
@@ -390,3 +391,16 @@ def sniff(path: str | Path, preview: int = 3) -> tuple[str, int, list[Pair | lis
     if parse is None:
         raise DataError(path, None, None, "no records")
     return kind, count, first
+
+
+PROMPT_FIELDS = ("messages", "conversations", "context", "prompt", "instruction", "input", "question", "query")
+
+
+def load_prompt_rows(path: str | Path, limit: int = 0) -> list[tuple[list[Message], dict[str, Any]]]:
+    """GRPO's prompts, each with the record's other columns (``answer``, ...): reward functions get them
+    by name."""
+
+    def row(rec: Record, p: str | Path, where: str) -> tuple[list[Message], dict[str, Any]]:
+        return prompt_messages(rec, p, where), {k: v for k, v in rec.items() if k not in PROMPT_FIELDS}
+
+    return _load(path, limit, row)

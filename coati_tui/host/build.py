@@ -37,6 +37,8 @@ def build(
     preset = presets.load(preset_name).with_overrides(overrides or {}, "overrides")
     if reward:
         reward = str(modelinfo.check_model(reward, trust).absolute())
+    if settings.get("reward_fns"):
+        settings["reward_fns"] = [_abs_spec(spec) for spec in settings["reward_fns"]]
     cfg = RunConfig(
         stage=stage,
         model=str(folder.absolute()),
@@ -49,6 +51,28 @@ def build(
     )
     cfg.validate()
     return cfg
+
+
+def split_rewards(text: str) -> tuple[str, list[str]]:
+    """(reward model folder, reward function specs) from one text box: entries apart by commas or spaces;
+    a folder is the reward model (the last one named), anything else a reward function spec."""
+    model, specs = "", []
+    for entry in text.replace(",", " ").split():
+        if Path(entry).expanduser().is_dir():
+            model = entry
+        else:
+            specs.append(entry)
+    return model, specs
+
+
+def _abs_spec(spec: str) -> str:
+    """A reward function spec with its file made absolute (``my.py:fn=0.5`` -> ``/abs/my.py:fn=0.5``);
+    the trainer child and a later resume may run elsewhere. Built-ins stay as they are."""
+    head, sep, weight = spec.rpartition("=") if "=" in spec else (spec, "", "")
+    path, colon, name = head.rpartition(":")
+    if colon and path.endswith(".py"):
+        return _abs(path) + ":" + name + sep + weight
+    return spec
 
 
 def _abs(path: str) -> str:

@@ -19,6 +19,7 @@ RECIPES = {  # stage -> (module, class)
     "dpo": ("coati_tui.trainer.dpo", "DPO"),
     "orpo": ("coati_tui.trainer.orpo", "ORPO"),
     "kto": ("coati_tui.trainer.kto", "KTO"),
+    "grpo": ("coati_tui.trainer.grpo", "GRPO"),
 }
 
 

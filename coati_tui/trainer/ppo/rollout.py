@@ -65,7 +65,12 @@ class Rollout:
         self.models, self.pp, self.stop_ids, self.pad_id = models, pp, stop_ids, pad_id
         self.device, self.gen_config = device, gen_config
 
-    def make(self, prompt_ids: list[list[int]], kl_coef: float, values: bool = True) -> Experience:
+    def make(
+        self, prompt_ids: list[list[int]], kl_coef: float, values: bool = True, score: bool = True, ref: bool = True
+    ) -> Experience:
+        """A rollout of ``prompt_ids`` (GRPO repeats each prompt G times). ``values``: the critic's values
+        and GAE (PPO); ``score``: the reward model's scores (else 0: GRPO's reward functions score the
+        texts); ``ref``: the reference's log-probs (else the actor's: no KL, no reference pass)."""
         import torch
 
         from coati_tui.trainer.ppo import math as M
@@ -84,11 +89,12 @@ class Rollout:
         full = torch.cat([ids, resp], 1)
         mask = torch.cat([pmask, rmask.long()], 1)
         logp = M.gather_logprobs(self.models.logits("actor", full, mask, width, T), resp)
-        ref_logp = M.gather_logprobs(self.models.logits(None, full, mask, width, T), resp)
+        ref_logp = M.gather_logprobs(self.models.logits(None, full, mask, width, T), resp) if ref else logp
         last = width + M.last_index(rmask)
-        score = self.models.scores(full, mask, last).float()
-        if self.pp.reward_clip:
-            score = score.clamp(-self.pp.reward_clip, self.pp.reward_clip)
+        scores = self.models.scores(full, mask, last).float() if score else torch.zeros(len(prompt_ids))
+        clip = getattr(self.pp, "reward_clip", 0.0)
+        if clip:
+            scores = scores.clamp(-clip, clip)
         k1, k3 = M.kl_terms(logp, ref_logp)
         exp = Experience(
             ids=full,
@@ -98,14 +104,14 @@ class Rollout:
             start=width,
             logp=logp,
             ref_logp=ref_logp,
-            score=score,
+            score=scores.to(logp.device),
             k1=k1,
             k3=k3,
             gen_s=gen_s,
         )
         if values:
             v = self.models.values(full, mask, width, T) * rmask
-            rewards = M.token_rewards(score, k1, rmask, kl_coef)
+            rewards = M.token_rewards(exp.score, k1, rmask, kl_coef)
             adv, returns = M.gae(rewards, v, rmask, self.pp.gamma, self.pp.lam)
             if self.pp.whiten_advantages and rmask.sum() > 1:
                 adv = M.masked_whiten(adv, rmask)

@@ -39,6 +39,7 @@ class HomeScreen(Screen):
         Binding("o", "train('dpo')", "DPO", id="train_dpo"),
         Binding("ctrl+o", "train('orpo')", "ORPO", id="train_orpo", show=False),
         Binding("ctrl+k", "train('kto')", "KTO", id="train_kto", show=False),
+        Binding("ctrl+g", "train('grpo')", "GRPO", id="train_grpo", show=False),
         Binding("u", "runs", "Runs", id="runs"),
         Binding("e", "settings", "Settings", id="settings"),
         Binding("b", "toggle_breakdown", "Breakdown", id="breakdown"),
@@ -81,7 +82,8 @@ class HomeScreen(Screen):
                     id="reward-input",
                     compact=True,
                     suggester=PathSuggester(dirs_only=True),
-                    placeholder="PPO only: the reward model (an RM run folder)",
+                    placeholder="PPO: the reward model (an RM run folder); GRPO: it and/or reward functions "
+                    "(my_rewards.py:fn, exact_answer, format, length)",
                 )
             yield PlanTable(id="plan")
             yield Static(id="detail")
@@ -168,11 +170,14 @@ class HomeScreen(Screen):
             self.notify("Choose the data file first (d).", severity="warning")
             self.action_focus_data()
             return
-        if stage == "ppo" and not reward:
-            self.notify("PPO needs a reward model: an RM run folder.", severity="warning")
+        if stage in ("ppo", "grpo") and not reward:
+            need = "an RM run folder" + (
+                " and/or reward functions (FILE.py:NAME, exact_answer)" if stage == "grpo" else ""
+            )
+            self.notify(f"{stage.upper()} needs a reward: {need}.", severity="warning")
             self.query_one("#reward-input", Input).focus()
             return
-        self._start(stage, self.model, data, preset, reward if stage == "ppo" else "")
+        self._start(stage, self.model, data, preset, reward if stage in ("ppo", "grpo") else "")
 
     def action_demo(self) -> None:
         """The built-in demo: three real runs (demo-sft, demo-rm, demo-ppo) driven by `coati-tui demo`;
@@ -202,10 +207,13 @@ class HomeScreen(Screen):
     @work(thread=True, exclusive=True, group="start")
     def _start(self, stage: str, model: str, data: str, preset: str, reward: str = "") -> None:
         from coati_tui.host import runs
-        from coati_tui.host.build import build
+        from coati_tui.host.build import build, split_rewards
 
         try:
-            cfg = build(stage, model, data, preset, self._valid_overrides(preset), reward=reward)
+            extra = {}
+            if stage == "grpo":  # the reward box holds an RM run folder and/or reward functions
+                reward, extra["reward_fns"] = split_rewards(reward)
+            cfg = build(stage, model, data, preset, self._valid_overrides(preset), reward=reward, **extra)
             why = runs.blocked(cfg.preset)
             if why:
                 raise ValueError(why)

@@ -1,6 +1,7 @@
 """Train: one run, live or past. Loss plot, memory, throughput, progress and ETA, log tail; cancel, resume.
-PPO runs plot the mean reward and add a health panel (reward, KL, ratio, clipping, PTX and value loss)
-and their samples. The demo (``demo=True``) follows its three runs, SFT -> RM -> PPO, one after another.
+PPO and GRPO runs plot the mean reward and add a health panel (PPO: reward, KL, ratio, clipping, PTX and value
+loss; GRPO: reward per function, tied groups, KL, ratio), with their samples. The demo (``demo=True``) follows
+its runs, SFT -> RM -> PPO, one after another.
 
 The screen never reads the child's pipes: it tails the run's events.jsonl (the same lines the CLI
 prints), so a live run, a finished one and a run re-attached after the app restarted look the same.
@@ -143,7 +144,7 @@ class TrainScreen(Screen):
 
     def action_log_scale(self) -> None:
         plot = self.query_one(LossPlot)
-        if self.stage == "ppo":
+        if self.stage in ("ppo", "grpo"):
             self.notify("The reward can be negative: no log scale for it.", severity="warning")
             return
         plot.log_scale = not plot.log_scale
@@ -315,6 +316,32 @@ def _preference_health(text: Text, ev: dict) -> Text:
     return text
 
 
+def _grpo_health(text: Text, ev: dict) -> Text:
+    """GRPO: is the reward rising, do the groups still disagree (ties teach nothing), how far the drift?"""
+    tied = ev.get("tied_frac", 0)
+    text.append("reward ", style="bold")
+    text.append(f"{ev['reward_mean']:+.3f} ± {ev.get('reward_std', 0):.2f}")
+    fns = [(k.split("/", 1)[1], v) for k, v in ev.items() if k.startswith("reward/")]
+    text.append(("  (" + " · ".join(f"{k} {v:+.3f}" for k, v in fns) + ")") if fns else "")
+    text.append("\ngroups ", style="bold")
+    text.append(
+        f"tied {tied:.0%}" + (f" · sampled again {ev['resampled']}" if ev.get("resampled") else "") + "\n",
+        style="yellow" if tied > 0.5 else "",
+    )
+    text.append("KL ", style="bold")
+    text.append(f"{ev.get('kl', 0):.4f} · ")
+    text.append("ratio ", style="bold")
+    text.append(
+        f"max {ev.get('max_ratio', 1):.2f} · clip {ev.get('clip_frac', 0):.0%}\n",
+        style="yellow" if ev.get("max_ratio", 1) > 2 else "",
+    )
+    text.append(
+        f"loss {ev['loss']:+.4f} · entropy {ev.get('entropy', 0):.3f} · answer {ev.get('response_len', 0):.1f} tok · "
+        f"rollout {ev.get('rollout_tokens_per_s', 0):,.0f} tok/s"
+    )
+    return text
+
+
 def _speed(ev: dict) -> Text:
     """Throughput and progress; for PPO, its health: reward, KL, ratio, clipping, the losses."""
     text = Text(
@@ -323,6 +350,8 @@ def _speed(ev: dict) -> Text:
     )
     if "chosen_reward" in ev or "reward_desirable" in ev:
         return _preference_health(text, ev)
+    if "tied_frac" in ev:
+        return _grpo_health(text, ev)
     if "reward_mean" not in ev:
         text.append(f"loss {ev['loss']:.4f} · lr {ev['lr']:.2e}")
         return text
