@@ -76,6 +76,8 @@ def checkpoint_damage(folder: Path) -> str:
 
 
 def partial_writes(run_dir: Path) -> list[Path]:
-    """What a trainer stopped mid-write leaves: ``checkpoints/.tmp-*`` and ``*.tmp`` (``final.tmp``)."""
+    """What a trainer stopped mid-write leaves: ``checkpoints/.tmp-*``, ``*.tmp`` (``final.tmp``) and a
+    sharded strategy's ``final.weights`` (gathered shards not yet moved into the final folder)."""
     run_dir = Path(run_dir)
-    return sorted((run_dir / "checkpoints").glob(".tmp-*")) + sorted(run_dir.glob("*.tmp"))
+    found = sorted((run_dir / "checkpoints").glob(".tmp-*")) + sorted(run_dir.glob("*.tmp"))
+    return found + sorted(run_dir.glob("final.weights"))
