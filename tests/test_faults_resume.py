@@ -151,6 +151,7 @@ def setup(tmp_path_factory):
     return base, reference
 
 
+@pytest.mark.slow
 def test_kills_mid_step_then_resume_equal_the_uninterrupted_run(setup, tmp_path):
     base, reference = setup
     rng = random.Random(1401)
@@ -184,6 +185,7 @@ def test_kills_mid_step_then_resume_equal_the_uninterrupted_run(setup, tmp_path)
     assert steps == list(range(1, 13)) and max(abs(v - reference[s]) for s, v in zip(steps, values)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_one_before(setup, tmp_path):
     base, reference = setup
     rng = random.Random(1402)
@@ -207,6 +209,7 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_one_before(setup, tmp_p
     assert_same_as(reference, run)
 
 
+@pytest.mark.slow
 def test_a_kill_while_the_final_model_is_written_then_resume_writes_it(setup, tmp_path):
     base, reference = setup
     rng = random.Random(1403)
@@ -220,6 +223,7 @@ def test_a_kill_while_the_final_model_is_written_then_resume_writes_it(setup, tm
     assert_same_as(reference, run)
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_is_skipped_and_named(setup, tmp_path):
     """A kill inside the events file's write leaves the line's first part; the next trainer ends that
     line, names it in a log event, and every reader skips it."""
@@ -250,6 +254,7 @@ def cut_after(run: Path, base: list[str], step: int) -> tuple[str, str]:
     return older, newest
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_falls_back_to_the_one_before(setup, tmp_path):
     """The user's report: optimizer.pt of the newest checkpoint emptied, the one before whole."""
     base, reference = setup
@@ -266,6 +271,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(setup, tmp_path):
     assert_same_as(reference, run)
 
 
+@pytest.mark.slow
 def test_no_whole_checkpoint_is_one_error_naming_what_is_missing(setup, tmp_path):
     base, _ = setup
     run = tmp_path / "run"
