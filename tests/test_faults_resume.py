@@ -312,3 +312,14 @@ def test_checkpoint_damage_reads_the_manifest(tmp_path):
     assert paths.checkpoint_damage(ckpt) == ""
     (ckpt / "rng.pt").write_bytes(b"")
     assert "rng.pt: empty" in paths.checkpoint_damage(ckpt)
+
+
+def test_the_runs_list_says_a_stopped_run_is_resumable_and_from_where():
+    from coati_tui.ui.screens.runs import _resumable
+
+    stopped = {"status": "stopped", "final": False, "resume_from": 6}
+    assert "resumable from step 6" in _resumable(stopped)
+    assert "from the start" in _resumable({**stopped, "resume_from": 0})
+    assert "resumable from step 4" in _resumable({**stopped, "status": "cancelled", "resume_from": 4})
+    for done in ({**stopped, "status": "completed", "final": True}, {**stopped, "status": "failed"}):
+        assert _resumable(done) == ""  # a finished run, or one whose error a resume would repeat

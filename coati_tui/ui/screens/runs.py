@@ -45,7 +45,7 @@ class RunsScreen(Screen):
             table.add_row(
                 Path(r["run"]).name,
                 r["stage"] or "?",
-                f"[{STYLE.get(r['status'], 'dim')}]{r['status']}[/]",
+                f"[{STYLE.get(r['status'], 'dim')}]{r['status']}[/]" + _resumable(r),
                 str(r["step"]),
                 loss,
                 "yes" if r["final"] else "-",
@@ -90,3 +90,11 @@ def next_stage(run: Path, stage: str | None) -> ChatWith | PrefillStage:
         reward=str(run),
         hint="PPO next: the SFT model and this reward model are set; choose prompts (d), pick a preset, press p.",
     )
+
+
+def _resumable(r: dict) -> str:
+    """A run that was stopped (cancelled, killed) and where a resume (open it, press r) starts."""
+    if r["status"] not in ("stopped", "cancelled") or r["final"]:
+        return ""
+    n = r.get("resume_from") or 0
+    return f" [dim]· resumable from step {n}[/]" if n else " [dim]· resumable (from the start)[/]"
