@@ -198,6 +198,7 @@ def test_grpo_under_torchrun(tiny_model, grpo_data, tmp_path):
     assert (out / "final" / "adapter_config.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_demo_grpo_raises_the_true_score(demo_home, tmp_path):
     """GRPO from the demo's SFT model with the task's true score as its only reward (no RM stage)."""
     from coati_tui.core import events
