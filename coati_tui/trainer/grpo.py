@@ -151,7 +151,12 @@ class GRPO(Recipe):
         self.models.train(False)
         with torch.no_grad():
             exp = self.rollout.make(
-                [ids for _, _, ids in rows], kl_coef=0.0, values=False, score=bool(self.cfg.reward), ref=g.beta > 0
+                [ids for _, _, ids in rows],
+                kl_coef=0.0,
+                values=False,
+                score=bool(self.cfg.reward),
+                ref=g.beta > 0,
+                old=not self.on_policy(len(rows)),
             )
         texts = exp.texts(self.tokenizer)
         prompts = [messages[-1]["content"] for messages, _, _ in rows]
@@ -166,6 +171,12 @@ class GRPO(Recipe):
         else:  # eval: one answer a prompt, no group
             adv, tied = torch.zeros_like(reward), torch.zeros(len(chunk), dtype=torch.bool)
         return Group(exp, rows, texts, reward, per_fn, adv, tied)
+
+    def on_policy(self, answers: int) -> bool:
+        """One update over the whole rollout in one mini-batch: the old log-probs are the training forward's
+        own (the same weights), so the rollout's extra actor pass is skipped, as TRL does."""
+        g = self.preset.grpo
+        return g.updates_per_rollout == 1 and self.preset.train.batch_size >= answers and not g.dynamic_sampling
 
     def train_step(self, group: list[list[Any]], state: Any) -> Step:
         (chunk,) = group
@@ -211,10 +222,12 @@ class GRPO(Recipe):
                     with torch.no_grad():
                         ent = float(M.masked_mean(-(logp_all.exp() * logp_all).sum(-1), exp.rmask[idx]))
                     del logp_all
+                    old = exp.logp[idx] if exp.logp is not None else logp.detach()
+                    ref = exp.ref_logp[idx] if exp.ref_logp is not None else logp.detach()
                     loss, st = grpo_math.policy_loss(
                         logp,
-                        exp.logp[idx],
-                        exp.ref_logp[idx],
+                        old,
+                        ref,
                         grp.adv[idx],
                         exp.rmask[idx],
                         g.clip_low,
@@ -326,7 +339,8 @@ def _drop_tied(grp: Group, group_size: int) -> Group:
         **{
             **e.__dict__,
             **{
-                k: getattr(e, k)[idx] for k in ("ids", "mask", "resp", "rmask", "logp", "ref_logp", "score", "k1", "k3")
+                k: None if getattr(e, k) is None else getattr(e, k)[idx]
+                for k in ("ids", "mask", "resp", "rmask", "logp", "ref_logp", "score", "k1", "k3")
             },
         }
     )

@@ -220,13 +220,16 @@ class Worker:
         )
         max_new = int(req.get("max_new_tokens", 256))
         max_new = min(max_new, context - n) if context else max_new  # the context's end is a length stop
+        # top_k 0 = off when sampling (None would mean the model's generation config, or transformers' 50);
+        # greedy leaves it unset: a top_k with do_sample off is a warning per answer
+        top_k = int(req.get("top_k", 0)) if temperature > 0 else None
         gen = GenerationConfig(
             max_new_tokens=max_new,
             min_new_tokens=min(int(req.get("min_new_tokens") or 0), max_new) or None,  # the end token held off
             do_sample=temperature > 0,
             temperature=max(temperature, 1e-5),
             top_p=float(req.get("top_p", 1.0)),
-            top_k=int(req.get("top_k", 0)) or None,
+            top_k=top_k,
             repetition_penalty=float(req.get("repetition_penalty", 1.0)),
             eos_token_id=sorted(eos),
             pad_token_id=self.tokenizer.pad_token_id,

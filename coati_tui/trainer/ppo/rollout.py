@@ -51,7 +51,7 @@ def generation_config(pp: Any, stop_ids: list[int], pad_id: int) -> Any:
     return GenerationConfig(
         do_sample=True,
         temperature=pp.temperature,
-        top_k=pp.top_k or None,
+        top_k=pp.top_k,  # 0 = off (None would let the model's generation config or transformers' 50 in)
         top_p=pp.top_p,
         max_new_tokens=pp.max_new_tokens,
         eos_token_id=stop_ids,
@@ -66,11 +66,19 @@ class Rollout:
         self.device, self.gen_config = device, gen_config
 
     def make(
-        self, prompt_ids: list[list[int]], kl_coef: float, values: bool = True, score: bool = True, ref: bool = True
+        self,
+        prompt_ids: list[list[int]],
+        kl_coef: float,
+        values: bool = True,
+        score: bool = True,
+        ref: bool = True,
+        old: bool = True,
     ) -> Experience:
         """A rollout of ``prompt_ids`` (GRPO repeats each prompt G times). ``values``: the critic's values
         and GAE (PPO); ``score``: the reward model's scores (else 0: GRPO's reward functions score the
-        texts); ``ref``: the reference's log-probs (else the actor's: no KL, no reference pass)."""
+        texts); ``ref``: the reference's log-probs (else the actor's: no KL, no reference pass); ``old``:
+        the actor's at sampling time (GRPO with one update over the whole rollout skips this pass and takes
+        them from its training forward: the same weights; ``logp`` and the KL terms are then None)."""
         import torch
 
         from coati_tui.trainer.ppo import math as M
@@ -88,14 +96,14 @@ class Rollout:
         resp = torch.where(rmask > 0, resp, torch.full_like(resp, self.pad_id))
         full = torch.cat([ids, resp], 1)
         mask = torch.cat([pmask, rmask.long()], 1)
-        logp = M.gather_logprobs(self.models.logits("actor", full, mask, width, T), resp)
+        logp = M.gather_logprobs(self.models.logits("actor", full, mask, width, T), resp) if old else None
         ref_logp = M.gather_logprobs(self.models.logits(None, full, mask, width, T), resp) if ref else logp
         last = width + M.last_index(rmask)
         scores = self.models.scores(full, mask, last).float() if score else torch.zeros(len(prompt_ids))
         clip = getattr(self.pp, "reward_clip", 0.0)
         if clip:
             scores = scores.clamp(-clip, clip)
-        k1, k3 = M.kl_terms(logp, ref_logp)
+        k1, k3 = M.kl_terms(logp, ref_logp) if logp is not None and ref_logp is not None else (None, None)
         exp = Experience(
             ids=full,
             mask=mask,
@@ -104,7 +112,7 @@ class Rollout:
             start=width,
             logp=logp,
             ref_logp=ref_logp,
-            score=scores.to(logp.device),
+            score=scores.to(resp.device),
             k1=k1,
             k3=k3,
             gen_s=gen_s,
