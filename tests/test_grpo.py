@@ -215,3 +215,16 @@ def test_the_demo_grpo_raises_the_true_score(demo_home, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [e["metrics"] for e in of(events.read(out / "events.jsonl"), "eval")]
     assert evals[-1]["true_score"] > evals[0]["true_score"] + 0.05, evals
+
+
+def test_reward_specs_are_made_absolute_as_the_trainer_reads_them(tmp_path, monkeypatch):
+    from coati_tui.host.build import _abs_spec, split_rewards
+    from coati_tui.trainer.rewards import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    for spec, weight in (("r.py:f", 1.0), ("r.py:f=0.5", 0.5), ("a=b/r.py:f", 1.0), ("a=b/r.py:f=2", 2.0)):
+        source, name, w = parse_spec(_abs_spec(spec))
+        assert source == str(tmp_path / spec.split(":")[0]) and name == "f" and w == weight, spec
+    assert _abs_spec("length=0.2") == "length=0.2"
+    (tmp_path / "rm").mkdir()
+    assert split_rewards("rm, r.py:f exact_answer") == ("rm", ["r.py:f", "exact_answer"])

@@ -68,7 +68,9 @@ def split_rewards(text: str) -> tuple[str, list[str]]:
 def _abs_spec(spec: str) -> str:
     """A reward function spec with its file made absolute (``my.py:fn=0.5`` -> ``/abs/my.py:fn=0.5``);
     the trainer child and a later resume may run elsewhere. Built-ins stay as they are."""
-    head, sep, weight = spec.rpartition("=") if "=" in spec else (spec, "", "")
+    head, sep, weight = spec.rpartition("=")
+    if not sep or any(c in weight for c in ":/\\"):  # no weight: the "=" is the path's (as rewards.parse_spec)
+        head, sep, weight = spec, "", ""
     path, colon, name = head.rpartition(":")
     if colon and path.endswith(".py"):
         return _abs(path) + ":" + name + sep + weight
