@@ -54,7 +54,7 @@ async def test_a_bad_model_path_is_one_clear_error_and_the_app_keeps_working(tmp
         assert type(app.screen).__name__ == "HomeScreen"
 
 
-async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_path):
+async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_path, monkeypatch):
     import shutil
 
     from coati_tui.core import paths
@@ -65,6 +65,8 @@ async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_pat
         run.mkdir(parents=True)
         (run / "config.toml").write_text('stage = "sft"\n')
         shutil.copytree(tiny_model, run / "final")
+    # each token takes 20 ms more, as on a big model: a tiny one on a fast CPU wrote all 900 before ctrl+x landed
+    monkeypatch.setenv("COATI_TUI_WORKER_TOKEN_DELAY", "0.02")
     app = CoatiApp(mode="chat")
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
@@ -85,7 +87,7 @@ async def test_switch_model_to_a_runs_output_from_the_screen(tiny_model, tmp_pat
         chat.query_one("#chat-max_new_tokens").value = "900"
         chat.query_one("#chat-temperature").value = "1.5"
         chat.query_one("#chat-top_k").value = "20"  # the end token (1 of 1024) rarely among the likeliest 20
-        for _ in range(6):  # the answer may end (its end token, or 900 tokens on a busy machine) before the key lands
+        for _ in range(6):  # the answer may end (its end token) before the key lands
             chat.query_one("#chat-input").value = "说很长的话"
             await pilot.press("enter")
             await wait_for(pilot, lambda: chat.buffer or not chat.generating)
