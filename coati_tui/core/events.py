@@ -22,7 +22,8 @@ VERSION = 1
 REQUIRED: dict[str, tuple[str, ...]] = {
     # resolved config, sizes, strategy; total_steps = optimizer steps of the whole run
     "start": ("stage", "config", "params", "trainable_params", "strategy", "device", "precision", "total_steps"),
-    # one per optimizer step; memory fields are bytes (gpu_* absent on CPU)
+    # one per optimizer step; memory fields are bytes (gpu_* absent on CPU; cpu_peak: the RSS high-water
+    # mark so far); mfu and flops_per_s where the recipe counts its model FLOPs (core/flops.py)
     "step": ("step", "total_steps", "epoch", "loss", "lr", "tokens_per_s", "samples_per_s", "eta_s", "cpu_rss"),
     "eval": ("step", "metrics"),
     "checkpoint": ("step", "path"),
@@ -254,7 +255,8 @@ def _step(ev: Mapping[str, Any], stage: str | None) -> str:
     from coati_tui.core.units import fmt_bytes
 
     head = step_view(stage, ev).headline.format_map(_Fields(ev))
-    return f"{head} · {ev.get('tokens_per_s', 0):.0f} tok/s · RAM {fmt_bytes(ev.get('cpu_rss', 0))}"
+    mfu = f" · MFU {ev['mfu']:.1%}" if isinstance(ev.get("mfu"), (int, float)) else ""
+    return f"{head} · {ev.get('tokens_per_s', 0):.0f} tok/s{mfu} · RAM {fmt_bytes(ev.get('cpu_rss', 0))}"
 
 
 def _loaded(ev: Mapping[str, Any]) -> str:

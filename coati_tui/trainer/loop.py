@@ -13,8 +13,10 @@ import math
 import random
 import time
 
+from coati_tui.core import flops as model_flops
 from coati_tui.core.errors import ConfigError
-from coati_tui.trainer.recipe import Recipe
+from coati_tui.trainer import measure
+from coati_tui.trainer.recipe import Recipe, Step
 from coati_tui.trainer.run import Run
 
 
@@ -48,7 +50,7 @@ def train(recipe: Recipe) -> None:
     )
     if recipe.eval_at_start and state.step == 0 and recipe.has_eval and cfg.eval_interval >= 0:
         _eval(run, recipe, 0)
-    started, timed = time.perf_counter(), 0
+    started, timed, peak = time.perf_counter(), 0, _Peak(strategy)
     while state.step < total and not run.stop_requested:
         order = batches(len(items), recipe.batch_size, cfg.seed + state.epoch, [recipe.length(x) for x in items])
         order = order[strategy.rank : micro_per_epoch * strategy.world : strategy.world]  # this process's share
@@ -73,6 +75,7 @@ def train(recipe: Recipe) -> None:
                 samples_per_s=step.samples / dt,
                 eta_s=avg * (total - state.step),
                 **strategy.memory(),
+                **peak.mfu(step, dt),
                 **step.metrics,
             )
             run.scalars(recipe.scalar_prefix, state.step, {"loss": step.loss, **step.metrics})
@@ -101,6 +104,21 @@ def train(recipe: Recipe) -> None:
     recipe.save_final(final)
     strategy.barrier()
     run.emit("done", status="completed", step=state.step, total_steps=total, final=str(final))
+
+
+class _Peak:
+    """The device's peak FLOP/s, looked up (or on a CPU measured) at the first step that counts FLOPs."""
+
+    def __init__(self, strategy) -> None:
+        self.strategy, self.flops, self.known = strategy, None, False
+
+    def mfu(self, step: Step, seconds: float) -> dict[str, float]:
+        if step.flops <= 0:
+            return {}
+        if not self.known:
+            self.flops, self.known = measure.peak_flops(self.strategy.device, self.strategy.precision), True
+        value = model_flops.mfu(step.flops, seconds, self.flops)
+        return {} if value is None else {"mfu": value, "flops_per_s": step.flops / seconds}
 
 
 def _eval(run: Run, recipe: Recipe, step: int) -> None:

@@ -51,6 +51,7 @@ class Step:
     tokens: int  # tokens processed (throughput)
     samples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    flops: float = 0.0  # model FLOPs of the step (core/flops.py), 0 where not counted: no MFU then
 
 
 class Recipe(ABC):
@@ -116,6 +117,8 @@ class SupervisedRecipe(Recipe):
 
     model: Any = None
     held: list[Any]
+    head: ClassVar[str] = "lm"  # the output matmul MFU counts: "lm" (vocabulary) or "score" (one number)
+    arch: Any = None  # core.modelinfo.Arch of the trained model, None where its config does not read
 
     # ---- what each supervised method gives ---------------------------------------------------------
     @abstractmethod
@@ -155,6 +158,7 @@ class SupervisedRecipe(Recipe):
         torch.manual_seed(self.cfg.seed)
         self.items, self.held = self.prepare_data()
         self.load_model()
+        self.arch = _arch(self.cfg.model)
 
     @property
     def has_eval(self) -> bool:
@@ -175,7 +179,7 @@ class SupervisedRecipe(Recipe):
         self.model.train()
 
     def train_step(self, group: list[list[Any]], state: Any) -> Step:
-        loss_total, tokens, samples, metrics = 0.0, 0, 0, {}
+        loss_total, tokens, samples, flops, metrics = 0.0, 0, 0, 0.0, {}
         for i, items in enumerate(group):
             batch = self.collate(items)
             with self.strategy.no_sync(self.model, last=i == len(group) - 1):
@@ -185,11 +189,21 @@ class SupervisedRecipe(Recipe):
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / len(group)
             t, s = self.counts(batch)
-            tokens, samples = tokens + t, samples + s
+            tokens, samples, flops = tokens + t, samples + s, flops + self.flops(t, s)
         self.strategy.step(self.model, self.optimizer)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return Step(loss_total, float(self.scheduler.get_last_lr()[0]), tokens, samples, metrics)
+        return Step(loss_total, float(self.scheduler.get_last_lr()[0]), tokens, samples, metrics, flops)
+
+    def flops(self, tokens: int, samples: int) -> float:
+        """Model FLOPs of a micro-batch's forward and backward (``tokens`` over ``samples`` sequences)."""
+        if self.arch is None or samples <= 0:
+            return 0.0
+        from coati_tui.core.flops import train_flops_per_token
+
+        lora = self.preset.lora
+        per_token = train_flops_per_token(self.arch, tokens / samples, self.head, lora.rank, lora.targets)
+        return tokens * per_token
 
     def evaluate(self) -> dict[str, Any]:
         import torch
@@ -218,6 +232,15 @@ class SupervisedRecipe(Recipe):
 
     def start_info(self) -> dict[str, Any]:
         return {"params": self.n_params, "trainable_params": self.n_trainable, "held_out": len(self.held)}
+
+
+def _arch(model: str) -> Any:
+    from coati_tui.core import modelinfo
+
+    try:
+        return modelinfo.Arch.from_config(modelinfo.read_config(model))
+    except (OSError, ValueError, KeyError, TypeError, modelinfo.ModelError):
+        return None
 
 
 def cosine(warmup: int, total: int) -> Any:

@@ -21,6 +21,8 @@ from coati_tui.trainer.run import Run
 
 
 class RewardModel(SupervisedRecipe):
+    head = "score"
+
     def prepare_data(self) -> tuple[list[Any], list[Any]]:
         from coati_tui.data import formats
         from coati_tui.data.tokenize import end_token, load_tokenizer, prepare_pairs

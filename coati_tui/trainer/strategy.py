@@ -168,7 +168,10 @@ class Naive:
     def memory(self) -> dict:
         import psutil
 
-        out = {"cpu_rss": psutil.Process().memory_info().rss}
+        from coati_tui.trainer.measure import rss_peak
+
+        rss = psutil.Process().memory_info().rss
+        out = {"cpu_rss": rss, "cpu_peak": max(rss, rss_peak())}  # the kernel's mark lags its counters a little
         if self.device == "cuda":
             import torch
 

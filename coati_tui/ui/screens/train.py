@@ -344,8 +344,9 @@ def _grpo_health(text: Text, ev: dict) -> Text:
 
 def _speed(ev: dict) -> Text:
     """Throughput and progress; for PPO, its health: reward, KL, ratio, clipping, the losses."""
+    mfu = f" · MFU {ev['mfu']:.1%}" if isinstance(ev.get("mfu"), (int, float)) else ""
     text = Text(
-        f"{ev['tokens_per_s']:,.0f} tok/s · {ev['samples_per_s']:.1f} samples/s\n"
+        f"{ev['tokens_per_s']:,.0f} tok/s · {ev['samples_per_s']:.1f} samples/s{mfu}\n"
         f"step {ev['step']}/{ev['total_steps']} · ETA {ev['eta_s']:.0f} s · RSS {fmt_bytes(ev['cpu_rss'])}\n"
     )
     if "chosen_reward" in ev or "reward_desirable" in ev:

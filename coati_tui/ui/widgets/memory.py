@@ -31,7 +31,7 @@ class MemoryPanel(Static):
         if "gpu_allocated" in step:
             self.history["GPU"].append(step["gpu_allocated"])
         self.history["RSS"].append(step["cpu_rss"])
-        self.cpu_peak = max(self.cpu_peak, step["cpu_rss"])
+        self.cpu_peak = max(self.cpu_peak, step["cpu_rss"], step.get("cpu_peak", 0))
 
     def show(self, step: dict) -> None:
         """The latest step against the totals, with the recorded history."""
