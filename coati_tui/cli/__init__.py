@@ -45,6 +45,7 @@ app.command()(gen.quantize)
 app.command()(gen.rank)
 app.command()(serve.serve)
 app.add_typer(data.export_app, name="export")
+app.add_typer(data.data_app, name="data")
 app.command()(data.tiny)
 
 

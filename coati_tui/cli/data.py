@@ -50,3 +50,39 @@ def tiny(
 
     path = build_tiny_model(out, "reward" if reward else "causal", layers=layers, hidden=hidden, seed=seed)
     typer.echo(str(path))
+
+
+data_app = typer.Typer(help="Make datasets from datasets.", no_args_is_help=True)
+
+
+@data_app.command("prompts")
+def prompts(
+    dataset: Path = typer.Option(..., "--dataset", help="an SFT file (any format `train sft` reads)"),
+    save_path: Path = typer.Option(..., "--save_path", "--save-path", "--out", help="the CSV to write"),
+    sample_size: int = typer.Option(0, "--sample_size", "--sample-size", min=0, help="prompts to draw (0 = all)"),
+    seed: int = typer.Option(42, "--seed"),
+) -> None:
+    """Write a PPO prompt CSV (`id,prompt`, as ColossalChat's generate_prompt_dataset.py does) from an SFT file:
+    each record's last user message, a random sample of them."""
+    import csv
+    import random
+
+    from coati_tui.data import formats
+
+    try:
+        convs = formats.load_sft(dataset)
+    except formats.DataError as exc:
+        fail(str(exc))
+    texts = [
+        next(m["content"] for m in reversed(c) if m["role"] == "user")
+        for c in convs
+        if any(m["role"] == "user" for m in c)
+    ]
+    if sample_size and sample_size < len(texts):
+        texts = random.Random(seed).sample(texts, sample_size)
+    save_path.parent.mkdir(parents=True, exist_ok=True)
+    with save_path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt"])
+        w.writerows(enumerate(texts))
+    typer.echo(f"{len(texts)} prompts -> {save_path}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from coati_tui.cli.common import fail
+from coati_tui.core import colossalchat_flags as cc
 from coati_tui.core import flags
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from coati_tui.host.runs import Launch
 
 # ColossalChat's --strategy spellings -> the preset that plays its part
-STRATEGY_ALIASES = {"naive": "lora_naive", "colossalai_gemini": "gemini_offload", "colossalai_zero2_cpu": "zero2_cpu"}
+STRATEGY_ALIASES = cc.STRATEGIES
 
 
 def _flag(param: str) -> Any:
@@ -27,9 +28,14 @@ def _flag(param: str) -> Any:
 
 def train(
     stage: str = typer.Argument(..., help="sft, rm, ppo, dpo, orpo, kto or grpo"),
+    prompt_file: str | None = typer.Argument(None, help="PPO/GRPO: the prompts (as train_prompts.py takes them)"),
     model: str | None = typer.Option(
-        None, "--model", "--pretrain", "-m", help="model folder, earlier run folder, or cached hub id"
+        None,
+        "--model",
+        "-m",
+        help="model folder, earlier run folder, or cached hub id; beside --pretrain: the family (bloom, llama...)",
     ),
+    pretrain: str | None = typer.Option(None, "--pretrain", help="ColossalChat's name for the model folder"),
     data: str | None = typer.Option(
         None,
         "--data",
@@ -39,8 +45,13 @@ def train(
         help=".jsonl/.json/.csv/.parquet or a datasets folder (PPO: prompts)",
     ),
     reward: str | None = typer.Option(
-        None, "--reward", "--rm_pretrain", help="PPO: reward model or RM run folder (GRPO: optional)"
+        None, "--reward", "--rm_path", help="PPO: reward model or RM run folder (GRPO: optional)"
     ),
+    rm_pretrain: str | None = typer.Option(None, "--rm_pretrain", help="PPO: the reward model without --rm_path"),
+    rm_model: str | None = typer.Option(None, "--rm_model", help="the reward model's family, checked"),
+    log_interval: str | None = typer.Option(None, "--log_interval", hidden=True),
+    test: str | None = typer.Option(None, "--test", hidden=True),
+    use_wandb: bool = typer.Option(False, "--use_wandb", hidden=True),
     reward_fn: list[str] | None = typer.Option(
         None,
         "--reward-fn",
@@ -52,9 +63,7 @@ def train(
     preset_name: str | None = typer.Option(
         None, "--preset", help="preset name or .toml file (default: the planner's pick)"
     ),
-    strategy: str | None = typer.Option(
-        None, "--strategy", help="ColossalChat spelling: naive | colossalai_gemini | colossalai_zero2_cpu"
-    ),
+    strategy: str | None = typer.Option(None, "--strategy", help=f"ColossalChat spelling: {' | '.join(cc.STRATEGIES)}"),
     out: Path | None = typer.Option(
         None, "--out", "--save_path", "--save-path", help="run folder (default: ~/coati-tui/runs/...)"
     ),
@@ -135,6 +144,14 @@ def train(
 
     if stage not in STAGES:
         fail(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    for flag, given in (("--log_interval", log_interval), ("--test", test), ("--use_wandb", use_wandb or None)):
+        if given is not None:
+            typer.echo(cc.ignored(flag), err=True)
+    if prompt_file:
+        if data and data != prompt_file:
+            fail(f"prompts given twice: {prompt_file} and --data {data}")
+        data = prompt_file
+    model, reward = _colossalchat_models(model, pretrain, reward or rm_pretrain, rm_model)
     target = resume or out
     try:  # the trainer refuses a second writer too; this says so before a file is touched
         if target:
@@ -151,6 +168,8 @@ def train(
         run_dir = resume
     else:
         if not model or not data:
+            if model and stage == "rm":  # train_reward_model.py downloaded Dahoas/rm-static by default
+                fail("--dataset is required: ColossalChat's default (Dahoas/rm-static) is a hub download; give a file")
             fail("--model and --data are required (or --resume RUN_DIR)")
         if stage == "ppo" and not reward:
             fail("PPO needs --reward (a reward model, or an RM run folder)")
@@ -171,6 +190,31 @@ def train(
     raise typer.Exit(watch(run_dir, launch, as_json))
 
 
+def _colossalchat_models(
+    model: str | None, pretrain: str | None, reward: str | None, rm_model: str | None
+) -> tuple[str | None, str | None]:
+    """ColossalChat's --pretrain PATH --model FAMILY (and --rm_pretrain/--rm_path with --rm_model): the path
+    is the model, the family is checked against its config.json. --model alone is the model, as ever."""
+    from coati_tui.core import modelinfo
+
+    checks = [("--rm_model", rm_model, reward)]
+    if pretrain:
+        checks.append(("--model", model, pretrain))
+        model = pretrain
+    for flag, family, path in checks:
+        if not family:
+            continue
+        if not path:
+            fail(f"{flag} {family!r} names a family; give the model itself too (--pretrain / --rm_path)")
+        try:
+            why = cc.family_mismatch(flag, family, modelinfo.read_config(path), path)
+        except modelinfo.ModelError as exc:
+            fail(str(exc))
+        if why:
+            fail(why)
+    return model, reward
+
+
 def _resolve_config(
     stage: str, model: str, data: str, preset_name: str | None, strategy: str | None, opts: dict[str, Any]
 ) -> RunConfig:
@@ -181,6 +225,7 @@ def _resolve_config(
         if strategy not in STRATEGY_ALIASES:
             fail(f"--strategy must be one of {', '.join(STRATEGY_ALIASES)}")
         preset_name = preset_name or STRATEGY_ALIASES[strategy]
+        _needs_cuda(strategy, preset_name)
     overrides, loss = flags.overrides(opts, stage), opts["loss"]
     if stage == "dpo" and loss:  # --loss names DPO's loss; for the reward model it is the run's `loss`
         overrides["dpo.loss"], loss = loss, ""
@@ -209,6 +254,21 @@ def _resolve_config(
         )
     except (modelinfo.ModelError, presets.PresetError, ValueError) as exc:
         fail(str(exc))
+
+
+def _needs_cuda(strategy: str, preset_name: str) -> None:
+    """A CUDA-only strategy on a machine without CUDA: say so, and name the preset that runs here."""
+    from coati_tui.core import hardware, presets
+
+    try:
+        preset = presets.load(preset_name)
+    except presets.PresetError as exc:
+        fail(str(exc))
+    if preset.needs.cuda and not hardware.gpus()[0]:
+        fail(
+            f"--strategy {strategy} (preset {preset_name}) needs CUDA, and this machine has none; "
+            f"--strategy naive (preset {cc.RUNS_WITHOUT_CUDA}) runs here"
+        )
 
 
 def watch(run_dir: Path, launch: Launch, as_json: bool) -> int:

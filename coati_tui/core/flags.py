@@ -40,8 +40,13 @@ SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p")
 
 FLAGS: tuple[Flag, ...] = (
     Flag("lora.rank", ("--lora-rank", "--lora_rank"), "lora_rank", min=0, help="0 = full fine-tune"),
-    Flag("train.batch_size", ("--batch-size", "--batch_size"), "batch_size", min=1),
-    Flag("train.accumulation_steps", ("--accumulation-steps", "--accumulation_steps"), "accumulation_steps", min=1),
+    Flag("train.batch_size", ("--batch-size", "--batch_size", "--train_batch_size"), "batch_size", min=1),
+    Flag(
+        "train.accumulation_steps",
+        ("--accumulation-steps", "--accumulation_steps", "--accimulation_steps"),  # ColossalChat's typo too
+        "accumulation_steps",
+        min=1,
+    ),
     Flag("train.lr", ("--lr",), "lr"),
     Flag("train.max_epochs", ("--max-epochs", "--max_epochs"), "max_epochs", min=1),
     Flag("train.max_len", ("--max-len", "--max_len"), "max_len", min=8),
