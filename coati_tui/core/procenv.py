@@ -1,10 +1,22 @@
 """The environment of heavy child processes (trainer, generation worker, benchmarks' children).
 
-``MALLOC_MMAP_THRESHOLD_``: glibc's malloc raises its mmap threshold after each large free, so the
-blocks of a layer's transient activations are then carved from the heap and kept after they are
-freed. Measured on CPU (bench/planner_accuracy.py): a reward-model forward under gradient
-checkpointing held 49 MiB of live tensors but grew RSS by 585 MiB; with the threshold pinned at
-128 KiB, RSS grew by 50 MiB. Pinning it keeps large tensors in mmap'd blocks that go back to the OS.
+``MALLOC_MMAP_THRESHOLD_``: glibc's malloc raises its mmap threshold after each large free (up to 32 MiB),
+so the blocks of a layer's transient activations are then carved from the heap and kept after they are
+freed: a reward-model forward under gradient checkpointing held 49 MiB of live tensors but grew RSS by
+585 MiB (bench/planner_accuracy.py). Pinned at 128 KiB, RSS tracks the live tensors, which is what the
+planner predicts; the price was that every large tensor is a fresh mmap whose 4 KiB pages fault in one by
+one, zero-filled. ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35; ignored by older ones and
+where the kernel's transparent huge pages are "never") asks for those mmaps as 2 MiB pages: one fault
+where there were 512. Issue 15, bench/allocator.py (a 12M Llama, LoRA q/k/v/o, batch 8 x 256, SFT):
+
+    setting                      tokens/s   peak RSS   (planner: 1295 MiB)
+    threshold 128 KiB                 764    779 MiB
+    128 KiB + huge pages             1050    784 MiB   (chosen: 1.37x, the same memory)
+    threshold 1 MiB + huge pages     1028    785 MiB
+    threshold 4 MiB                  1349   1133 MiB   (faster, but RSS drifts from the live tensors:
+                                                        the 60M Llama's SFT then ran 28% above its plan)
+
+The user's own settings always win (``child_env``).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import os
 
 CHILD_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "131072",
+    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
     "TOKENIZERS_PARALLELISM": "false",
 }
 
