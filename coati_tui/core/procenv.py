@@ -25,7 +25,6 @@ import os
 
 CHILD_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "131072",
-    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
     "TOKENIZERS_PARALLELISM": "false",
 }
 
