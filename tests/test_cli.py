@@ -52,7 +52,7 @@ def test_plan_json_shape_for_a_described_machine(tmp_path):
     out = json.loads(coati("plan", "--model", str(model), "--gpu-mem", "12GiB", "--cpu-mem", "64GiB", "--json").stdout)
     assert out["params"] == ARCHS["llama2-7b"][1]
     assert out["recommended"] == "qlora_naive"
-    assert len(out["presets"]) == 5 * 3
+    assert len(out["presets"]) == 6 * 3
     for row in out["presets"]:
         assert {"name", "stage", "gpu_bytes", "cpu_bytes", "fits", "reason"} <= set(row)
         assert isinstance(row["fits"], bool) and row["gpu_bytes"] > 0 and row["reason"]

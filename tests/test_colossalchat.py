@@ -45,6 +45,20 @@ def test_every_row_of_the_table_is_a_train_option():
         assert not row.ours or row.ours in declared, row.ours
 
 
+def test_the_readme_lists_every_spelling_and_strategy():
+    from pathlib import Path
+
+    from coati_tui.core import flags
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### ColossalChat's flags", 1)[1].split("\n## ", 1)[0]
+    underscored = {n for f in flags.FLAGS for n in f.names if n.startswith("--") and "_" in n}
+    for flag in {row.flag for row in cc.TABLE} | underscored:
+        assert f"| `{flag}` |" in section, flag
+    for name, preset in cc.STRATEGIES.items():
+        assert f"`{name}` -> `{preset}`" in section, name
+
+
 @pytest.mark.parametrize(
     ("argv", "param", "value"),
     [
@@ -117,7 +131,7 @@ def test_cuda_only_strategies_are_refused_here_naming_the_one_that_runs(tiny_mod
     if hardware.gpus()[0]:
         pytest.skip("this machine has CUDA")
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(8))
-    for strategy in ("colossalai_gemini", "colossalai_zero2_cpu"):
+    for strategy in ("colossalai_gemini", "colossalai_zero2", "colossalai_zero2_cpu"):
         proc = coati("train", "sft", "--pretrain", str(tiny_model), "--dataset", data, "--strategy", strategy)
         assert proc.returncode == 2, proc.stderr
         assert f"--strategy {strategy}" in proc.stderr and "needs CUDA" in proc.stderr

@@ -159,3 +159,15 @@ def test_ppo_layout_is_decided_once_for_planner_and_trainer(lean):
     assert ("reward_adapter" in gpu) is lean
     assert ("four_separate_models" in alternatives) is lean
     assert ({"actor_weights", "critic_weights", "reference", "reward_model"} <= set(gpu)) is not lean
+
+
+def test_zero2_keeps_20_bytes_a_parameter_on_the_card_and_nothing_in_ram():
+    arch = Arch.from_config(ARCHS["qwen2.5-0.5b"][0])
+    row = _row(_plan(24, 64, arch=arch), "zero2", "sft")
+    params = arch.param_count("lm")
+    # bf16 weights, bf16 gradients, fp32 master weights, Adam m and v, fp32 gradients for the step
+    state = {k: row.gpu[k] for k in ("weights", "gradients", "master_weights", "optimizer", "gradients_fp32")}
+    assert sum(state.values()) == 20 * params
+    assert row.fits and not any(k.endswith("offloaded") for k in row.cpu)
+    assert not _row(_plan(24, 128), "zero2", "sft").fits  # a 7B's 148 GiB of state
+    assert _row(_plan(24, 128), "zero2_cpu", "sft").gpu_bytes < _row(_plan(24, 128), "zero2", "sft").gpu_bytes

@@ -3,7 +3,7 @@ import pytest
 from coati_tui.core import presets
 from coati_tui.core.presets import PresetError
 
-SHIPPED = {"lora_naive", "qlora_naive", "gemini_offload", "gemini_offload_all", "zero2_cpu"}
+SHIPPED = {"lora_naive", "qlora_naive", "gemini_offload", "gemini_offload_all", "zero2", "zero2_cpu"}
 
 
 def test_shipped_presets_load_and_say_how_to_run_them():
@@ -17,6 +17,7 @@ def test_shipped_presets_load_and_say_how_to_run_them():
     assert loaded["qlora_naive"].quant.bits == 4 and loaded["qlora_naive"].lora.rank > 0
     assert loaded["gemini_offload"].strategy == "gemini" and loaded["gemini_offload"].full_finetune
     assert loaded["zero2_cpu"].needs.colossalai and loaded["zero2_cpu"].needs.cuda
+    assert loaded["zero2"].strategy == "zero2" and loaded["zero2"].full_finetune and loaded["zero2"].needs.cuda
     assert not loaded["lora_naive"].needs.cuda
 
 

@@ -20,4 +20,3 @@ def test_a_child_sees_it():
         check=True,
     ).stdout
     assert out.strip() == os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")
-

@@ -32,7 +32,7 @@ TABLE: tuple[Spelling, ...] = (
     Spelling("--train_batch_size", "--batch-size", "PPO: the training micro-batch"),
     Spelling("--max_datasets_size", "--max-datasets-size", "use the first N records"),
     Spelling("--loss_fn", "--loss", "RM: log_sig | log_exp"),
-    Spelling("--strategy", "--preset", "naive | colossalai_gemini | colossalai_zero2_cpu -> a preset"),
+    Spelling("--strategy", "--preset", "naive, colossalai_gemini, colossalai_zero2 or colossalai_zero2_cpu: a preset"),
     Spelling("--nproc_per_node", "--nproc-per-node", "processes on this node: the run goes under torchrun"),
     Spelling("--log_interval", "", "means nothing here: every optimizer step is logged"),
     Spelling("--test", "", "means nothing here: the run trains on all of --dataset (use --max_datasets_size)"),
@@ -41,7 +41,12 @@ TABLE: tuple[Spelling, ...] = (
 BY_FLAG: dict[str, Spelling] = {s.flag: s for s in TABLE}
 
 # --strategy: ColossalChat's names -> our presets
-STRATEGIES = {"naive": "lora_naive", "colossalai_gemini": "gemini_offload", "colossalai_zero2_cpu": "zero2_cpu"}
+STRATEGIES = {
+    "naive": "lora_naive",
+    "colossalai_gemini": "gemini_offload",
+    "colossalai_zero2": "zero2",
+    "colossalai_zero2_cpu": "zero2_cpu",
+}
 # the preset a CPU-only machine runs instead
 RUNS_WITHOUT_CUDA = "lora_naive"
 

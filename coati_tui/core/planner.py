@@ -185,6 +185,14 @@ def train_state(
                 if frac > 0:
                     where["gradients_accumulated"] = int(2 * params * frac)
         return device, host
+    if preset.strategy == "zero2":  # one GPU holds a whole shard: everything on the card
+        return {
+            "weights": 2 * params,
+            "gradients": 2 * params,
+            "master_weights": 4 * params,
+            "optimizer": 8 * params,
+            "gradients_fp32": 4 * params,
+        }, {}
     if preset.strategy == "zero2_cpu":
         return (
             {"weights": 2 * params, "gradients": 2 * params},

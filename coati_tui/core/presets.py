@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 from coati_tui.core import paths
 
-STRATEGIES = ("naive", "gemini", "zero2_cpu")
+STRATEGIES = ("naive", "gemini", "zero2", "zero2_cpu")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
@@ -190,7 +190,7 @@ class Needs:
 class Preset:
     name: str = _f("", "file stem; how --preset names it")
     description: str = _f("", "one line for the plan table")
-    strategy: str = _f("naive", "naive (plain PyTorch), gemini or zero2_cpu (ColossalAI)", choices=STRATEGIES)
+    strategy: str = _f("naive", "naive (plain PyTorch), gemini, zero2 or zero2_cpu (ColossalAI)", choices=STRATEGIES)
     precision: str = _f("bf16", "weights/compute dtype on a GPU (runs on CPU use fp32)", choices=PRECISIONS)
     speed: float = _f(1.0, "relative throughput, used to rank presets that fit (see bench/RESULTS.md)", minimum=0)
     lora: Lora = field(default_factory=Lora)

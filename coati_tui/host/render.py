@@ -64,7 +64,7 @@ def method(p: Preset) -> str:
     if p.strategy == "naive":
         bits = f" {p.quant.bits}-bit" if p.quant.bits else ""
         return ("full" if p.full_finetune else f"LoRA r{p.lora.rank}") + bits
-    return {"gemini": "Gemini", "zero2_cpu": "ZeRO-2"}[p.strategy] + " full"
+    return {"gemini": "Gemini", "zero2": "ZeRO-2", "zero2_cpu": "ZeRO-2"}[p.strategy] + " full"
 
 
 def print_plan(result: Plan, breakdown: bool = False, console: Console | None = None) -> None:

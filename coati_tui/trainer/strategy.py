@@ -216,6 +216,9 @@ class Colossal(Naive):
         elif preset.strategy == "zero2_cpu":
             plugin = LowLevelZeroPlugin(stage=2, precision=mixed, cpu_offload=True, max_norm=1.0)
             self.name = "colossalai_zero2_cpu"
+        elif preset.strategy == "zero2":  # the optimizer fits on the card: no offload, no CPU Adam
+            plugin = LowLevelZeroPlugin(stage=2, precision=mixed, cpu_offload=False, max_norm=1.0)
+            self.name = "colossalai_zero2"
         else:
             plugin = TorchDDPPlugin()
             self.name = "colossalai_ddp"
