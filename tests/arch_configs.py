@@ -112,6 +112,20 @@ PHI3_MINI = {
     "tie_word_embeddings": False,
     "torch_dtype": "bfloat16",
 }
+TINYLLAMA_11B = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
 
 # name -> (config, published parameter count of the causal LM)
 ARCHS = {
@@ -123,4 +137,5 @@ ARCHS = {
     "qwen3-0.6b": (QWEN3_06B, 596_049_920),
     "gemma-2b": (GEMMA_2B, 2_506_172_416),
     "phi3-mini": (PHI3_MINI, 3_821_079_552),
+    "tinyllama-1.1b": (TINYLLAMA_11B, 1_100_048_384),
 }

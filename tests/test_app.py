@@ -35,7 +35,7 @@ async def test_home_shows_machine_and_plans_the_demo():
         assert "RAM" in text_of(screen.query_one("#machine"))
         assert "built-in demo" in text_of(screen.query_one("#model-info"))
         table = screen.query_one("#plan", PlanTable)
-        assert table.row_count == 5
+        assert table.row_count == len(table.presets) == 6
         assert table.plan.recommended == "lora_naive"  # on a CPU-only machine, the naive LoRA preset
         detail = text_of(screen.query_one("#detail"))
         assert "coati-tui demo" in detail  # no model yet: the headless twin is the demo
@@ -161,7 +161,7 @@ async def test_modes_switch_and_the_headless_command_copies():
         assert isinstance(app.screen, RankScreen)
         assert "No pair to judge yet" in text_of(app.screen.query_one("#rank-prompt"))
         await pilot.press("f1")
-        assert isinstance(app.screen, HomeScreen) and app.screen.query_one("#plan", PlanTable).row_count == 5
+        assert isinstance(app.screen, HomeScreen) and app.screen.query_one("#plan", PlanTable).row_count == 6
 
 
 async def test_screens_ask_the_app_through_messages(tmp_path):

@@ -233,3 +233,44 @@ def test_rank_screen(snap, fixed, size, monkeypatch):
         await _settle(pilot)
 
     assert screenshot(size, run_before) == snap
+
+
+async def _plan_qwen_7b(pilot):
+    """Home with a Qwen2.5-7B config on the fixed RTX 3060 12 GB: its preset fits only by the search."""
+    from arch_configs import ARCHS
+
+    model = FIXED / "qwen2.5-7b"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps(ARCHS["qwen2.5-7b"][0]))
+    await _settle(pilot)
+    pilot.app.screen.query_one("#model-input").value = str(model)
+    await pilot.press("m", "enter")
+    await _settle(pilot)
+
+
+@pytest.mark.parametrize("size", SIZES[1:], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_home_plans_a_7b_for_a_12gb_card(snap, fixed, size):
+    assert screenshot(size, _plan_qwen_7b) == snap
+
+
+def test_home_shows_what_the_planner_changed_and_the_command_carries_it(fixed):
+    from test_app import text_of
+
+    from coati_tui.ui.widgets.plan_table import PlanTable
+
+    async def main():
+        app = CoatiApp()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await _plan_qwen_7b(pilot)
+            table = app.screen.query_one("#plan", PlanTable)
+            row = next(r for r in table.plan.rows if r.preset == "qlora_naive" and r.stage == "sft")
+            cell = table.get_cell("qlora_naive", table.ordered_columns[2].key)
+            return table.plan.recommended, row, cell.plain, text_of(app.screen.query_one("#detail"))
+
+    recommended, row, cell, detail = asyncio.run(main())
+    assert recommended == "qlora_naive" and row.fits and row.changes
+    assert cell.endswith("✓*")
+    b, acc = row.batch_size, row.settings["train.accumulation_steps"]
+    assert f"SFT  fits: with batch 4 -> {b}, accumulation 8 -> {acc}: " in detail
+    flat = " ".join(detail.split())
+    assert f"--preset qlora_naive --batch-size {b} --accumulation-steps {acc}" in flat

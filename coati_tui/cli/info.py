@@ -33,9 +33,13 @@ def plan(
     cpu_mem: str | None = typer.Option(None, "--cpu-mem", help="plan for described RAM, e.g. 64GiB"),
     preset: list[str] | None = typer.Option(None, "--preset", help="only these presets (repeatable)"),
     breakdown: bool = typer.Option(False, "--breakdown", help="show what each estimate is made of"),
+    allow_shorter: bool = typer.Option(
+        False, "--allow-shorter", help="the search may shorten max length and rollouts to fit (it says what)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Peak GPU and CPU memory of every preset x stage, what fits, and the preset to use."""
+    """Peak GPU and CPU memory of every preset x stage, what fits, and the preset to use. When a preset's
+    settings do not fit, the micro-batch, checkpointing and offload that do (flags you give stay fixed)."""
     from coati_tui.core import hardware, modelinfo, planner, presets
     from coati_tui.core.run_config import STAGES
     from coati_tui.core.units import parse_bytes
@@ -62,7 +66,7 @@ def plan(
             )
     except (modelinfo.ModelError, presets.PresetError, ValueError) as exc:
         fail(str(exc))
-    result = planner.plan(arch, chosen, machine, stages, batch_size, seq_len, model=model)
+    result = planner.plan(arch, chosen, machine, stages, batch_size, seq_len, model=model, allow_shorter=allow_shorter)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

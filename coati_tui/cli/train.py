@@ -76,6 +76,13 @@ def train(
     max_epochs: int | None = _flag("max_epochs"),
     max_len: int | None = _flag("max_len"),
     grad_checkpointing: bool | None = _flag("grad_checkpointing"),
+    optim_offload: float | None = _flag("optim_offload"),
+    param_offload: float | None = _flag("param_offload"),
+    allow_shorter: bool = typer.Option(
+        False, "--allow-shorter", help="the planner may shorten max length and rollouts to fit (it says what)"
+    ),
+    gpu_mem: str | None = typer.Option(None, "--gpu-mem", help="plan for this much GPU memory (default: the card's)"),
+    cpu_mem: str | None = typer.Option(None, "--cpu-mem", help="plan for this much RAM (default: the machine's)"),
     max_datasets_size: int = typer.Option(0, "--max-datasets-size", "--max_datasets_size", min=0, help="0 = all"),
     max_steps: int = typer.Option(0, "--max-steps", min=0, help="stop after N optimizer steps (0 = epochs decide)"),
     seed: int = typer.Option(42, "--seed"),
@@ -179,6 +186,8 @@ def train(
                 "and/or --reward RM_RUN"
             )
         cfg = _resolve_config(stage, model, data, preset_name, strategy, locals())
+        if cfg.planned:
+            typer.echo(f"planner: {cfg.preset.name} {cfg.stage} fits this machine with {cfg.planned}", err=True)
         try:
             run_dir = runs.prepare(cfg, out)  # the data's format is checked before anything heavy starts
         except formats.DataError as exc:
@@ -219,6 +228,7 @@ def _resolve_config(
     stage: str, model: str, data: str, preset_name: str | None, strategy: str | None, opts: dict[str, Any]
 ) -> RunConfig:
     from coati_tui.core import modelinfo, presets
+    from coati_tui.core.units import parse_bytes
     from coati_tui.host.build import build
 
     if strategy:
@@ -250,6 +260,9 @@ def _resolve_config(
             template=opts["template"],
             loss=loss or "log_sig",
             tensorboard=opts["tensorboard"],
+            allow_shorter=opts["allow_shorter"],
+            gpu_mem=parse_bytes(opts["gpu_mem"]) if opts["gpu_mem"] else 0,
+            cpu_mem=parse_bytes(opts["cpu_mem"]) if opts["cpu_mem"] else 0,
             trust_remote_code=opts.get("trust_remote_code", False),
         )
     except (modelinfo.ModelError, presets.PresetError, ValueError) as exc:

@@ -1,39 +1,20 @@
-"""Memory planner: peak GPU and CPU bytes for every preset x stage, from ``config.json`` alone.
+"""Memory planner: for every preset x stage, what fits this machine, and the settings that make it fit.
 
-Pure functions, no torch. The estimate reads the same preset fields the trainer uses (strategy,
-precision, LoRA rank and targets, quantization, offload fractions, gradient checkpointing, batch size,
-sequence length), so planner and trainer cannot disagree about what a preset is.
-
-How the bytes are counted (per device; ``w`` = bytes per element of the compute dtype):
-- weights: ``P*w``; 4-bit NF4 linears ~0.52 B/param (with double quantization), int8 1 B/param.
-- LoRA: fp32 adapter weights, gradients and two AdamW moments: 16 B per trainable parameter.
-- full fine-tune, plain PyTorch: weights + gradients + AdamW moments, all in the weight dtype.
-- Gemini: bf16 weights (``param_frac`` of them in CPU RAM) whose chunks are reused for gradients;
-  fp32 master + moments, 12 B/param (``optim_frac`` of them in CPU RAM); two chunks of working buffer.
-- ZeRO-2 + CPU offload: bf16 weights and bf16 gradients on the GPU; fp32 master, moments and fp32
-  gradients (16 B/param) in CPU RAM.
-- activations: what autograd saves per token per decoder layer for a Llama-style block under SDPA
-  attention (RMSNorm's fp32 copies, linear inputs, SwiGLU's three intermediates, attention q/k/v/out,
-  LoRA's fp32 dropout copies and masks), times layers, plus one layer's working set in backward.
-  With gradient checkpointing only each layer's input is kept, and one layer is recomputed at a time.
-- logits: ``tokens * vocab * (w + 8)``: the logits, the loss's log-softmax and its gradient, + 4 bytes
-  under bf16/fp16 for the fp32 upcast's gradient. A reward model has a one-number head instead.
-- PPO: actor, critic, reference and reward model. With LoRA (memory-lean mode) one base carries the
-  actor and critic adapters, the reference is the base with adapters off, and the reward model is an
-  adapter + head on the same base. Otherwise four models; under Gemini / ZeRO-2 the reference and
-  reward model live in RAM and visit the GPU one at a time. Peak = max(rollout: KV cache of the
-  rollout batch, or the visiting model; update: activations of one micro-batch).
+Pure functions, no torch. The bytes are counted in coati_tui.core.estimate (its docstring says how);
+here: the machine and its margins, the verdicts, the search (coati_tui.core.plan_search) and the pick.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from coati_tui.core import plan_search
+from coati_tui.core.estimate import estimate
 from coati_tui.core.hardware import Profile
 from coati_tui.core.modelinfo import Arch
 from coati_tui.core.presets import Preset
-from coati_tui.core.run_config import STAGES as ALL_STAGES
 from coati_tui.core.units import fmt_bytes
 
 GIB = 1024**3
@@ -41,9 +22,6 @@ STAGES = ("sft", "rm", "ppo")  # the plan table's columns; plan(stages=...) take
 CUDA_CONTEXT = int(0.5 * GIB)  # the CUDA context + cuBLAS workspaces; not in max_memory_allocated
 GPU_MARGIN = 0.10  # kept free for the allocator's fragmentation and spikes
 CPU_MARGIN = 0.10  # kept free for the OS and the UI
-RUNTIME_RSS = {"cpu": int(0.8 * GIB), "cuda": int(2.5 * GIB)}  # Python + torch (+ CUDA libraries) resident
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}  # per param, with/without double quant
 
 
 @dataclass
@@ -104,196 +82,21 @@ class Row:
     fix: str | None
     speed: float
     alternatives: dict[str, int] = field(default_factory=dict)  # e.g. activations with GC toggled
+    changes: dict[str, list[Any]] = field(default_factory=dict)  # {key: [preset's, chosen]} the search made
+    settings: dict[str, Any] = field(default_factory=dict)  # the chosen memory settings (plan_search.SETTINGS)
+    fixed: dict[str, Any] = field(default_factory=dict)  # the keys the user set, which the search left alone
 
     @property
     def fits(self) -> bool:
         return self.status == "fits"
 
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """What to apply to the preset to train what was planned (``{}``: the preset as it is)."""
+        return {k: after for k, (_, after) in self.changes.items()}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.preset, "fits": self.fits, **asdict(self)}
-
-
-# ---- activation and model-state arithmetic -------------------------------------------------------
-
-
-def layer_activation_bytes(arch: Arch, w: int, preset: Preset, trainable_norms: bool) -> int:
-    """Bytes autograd saves per token for one decoder layer (see the module docstring)."""
-    H, I = arch.hidden, arch.intermediate  # noqa: E741 (H, I: hidden and MLP widths)
-    Hq = arch.heads * arch.head_dim
-    norm = 4 * H + (w * H if trainable_norms else 0)  # fp32 copy of x (+ normalized x, when its weight trains)
-    attn = w * H + w * (Hq + 2 * Hq + Hq) + w * Hq  # linear input, SDPA q/k/v (kv repeated)/out, o_proj input
-    mlp = w * H + 4 * w * I  # linear input, gate, silu(gate), up, gate*up
-    total = 2 * norm + attn + mlp
-    if preset.lora.rank > 0:
-        per_in = (4 + 1) if preset.lora.dropout > 0 else (4 if w < 4 else 0)  # fp32 dropout output + mask
-        total += sum(per_in * lin.in_features for lin in arch.lora_targets(preset.lora.targets))
-    return total
-
-
-def activation_bytes(arch: Arch, w: int, preset: Preset, tokens: int, gc: bool, head: str) -> int:
-    layer = layer_activation_bytes(arch, w, preset, trainable_norms=preset.full_finetune) * tokens
-    if gc:
-        body = arch.layers * w * arch.hidden * tokens + 2 * layer  # checkpoints + one layer recomputed + its grads
-    else:
-        body = arch.layers * layer + layer  # every layer saved + one layer's backward working set
-    # logits (w) + log-softmax output (4) + its gradient (4); under bf16/fp16 also the fp32 upcast's gradient (4)
-    logits = tokens * arch.vocab * (w + 8 + (4 if w < 4 else 0)) if head == "lm" else tokens * arch.hidden * 4
-    return body + logits
-
-
-def weight_bytes(arch: Arch, preset: Preset, w: int, head: str) -> int:
-    params = arch.param_count(head)
-    if preset.quant.bits == 4:
-        quantized = arch.linear_params_total
-        return int(quantized * NF4_BITS[preset.quant.double_quant] / 8) + (params - quantized) * w
-    if preset.quant.bits == 8:
-        quantized = arch.linear_params_total
-        return quantized + arch.layers * sum(4 * lin.out_features for lin in arch.linears) + (params - quantized) * w
-    return params * w
-
-
-def train_state(
-    arch: Arch, preset: Preset, w: int, head: str, accumulate: bool | None = None
-) -> tuple[dict[str, int], dict[str, int]]:
-    """(device bytes, host bytes) of one trained model's weights, gradients and optimizer states.
-    ``accumulate``: whether gradients are accumulated over micro-batches (default: the preset's
-    accumulation_steps > 1; PPO steps once per backward)."""
-    if accumulate is None:
-        accumulate = preset.train.accumulation_steps > 1
-    params = arch.param_count(head)
-    if preset.strategy == "naive":
-        weights = weight_bytes(arch, preset, w, head)
-        if preset.full_finetune:
-            return {"weights": weights, "gradients": params * w, "optimizer": 2 * params * w}, {}
-        trainable = arch.lora_params(preset.lora.rank, preset.lora.targets)
-        if head == "score":
-            trainable += arch.hidden  # the score head trains with the adapters
-        return {"weights": weights, "lora": 4 * trainable, "gradients": 4 * trainable, "optimizer": 8 * trainable}, {}
-    if preset.strategy == "gemini":
-        on_cpu, optim_cpu = preset.offload.param_frac, preset.offload.optim_frac
-        if preset.offload.placement == "auto":  # Gemini moves what does not fit; plan for the optimizer in RAM
-            on_cpu, optim_cpu = 0.0, 1.0
-        chunk = min(2 * params, 64 * 1024**2 * 2)
-        device = {
-            "weights": int(2 * params * (1 - on_cpu)),
-            "chunk_buffers": 2 * chunk if on_cpu > 0 else chunk,
-            "optimizer": int(12 * params * (1 - optim_cpu)),
-        }
-        host = {"weights_offloaded": int(2 * params * on_cpu), "optimizer_offloaded": int(12 * params * optim_cpu)}
-        if accumulate:  # gradients get chunks of their own, kept where the optimizer states are
-            for where, frac in ((device, 1 - optim_cpu), (host, optim_cpu)):
-                if frac > 0:
-                    where["gradients_accumulated"] = int(2 * params * frac)
-        return device, host
-    if preset.strategy == "zero2":  # one GPU holds a whole shard: everything on the card
-        return {
-            "weights": 2 * params,
-            "gradients": 2 * params,
-            "master_weights": 4 * params,
-            "optimizer": 8 * params,
-            "gradients_fp32": 4 * params,
-        }, {}
-    if preset.strategy == "zero2_cpu":
-        return (
-            {"weights": 2 * params, "gradients": 2 * params},
-            {"master_weights": 4 * params, "optimizer_offloaded": 8 * params, "gradients_fp32": 4 * params},
-        )
-    raise ValueError(f"unknown strategy {preset.strategy!r}")
-
-
-def _add(into: dict[str, int], more: dict[str, int], prefix: str = "") -> None:
-    for k, v in more.items():
-        into[prefix + k] = into.get(prefix + k, 0) + int(v)
-
-
-def estimate(
-    arch: Arch, preset: Preset, stage: str, batch: int, seq_len: int, device: str, bf16: bool = True
-) -> tuple[dict[str, int], dict[str, int], dict[str, int], str]:
-    """Peak (device breakdown, host breakdown, alternatives, precision) for one preset x stage."""
-    precision = "fp32" if device == "cpu" else preset.precision
-    if precision == "bf16" and device == "cuda" and not bf16:
-        precision = "fp16"
-    w = DTYPE_BYTES[precision]
-    gc = preset.train.grad_checkpointing
-    dev: dict[str, int] = {}
-    host: dict[str, int] = {"runtime": RUNTIME_RSS[device]}
-    alt: dict[str, int] = {}
-
-    if stage in ("sft", "rm", "dpo", "orpo", "kto"):
-        head = "score" if stage == "rm" else "lm"
-        # RM and the preference methods: chosen and rejected (KTO: answers and mismatched ones) in one batch.
-        # Their reference costs no weights: adapters off under LoRA, log-probs computed once (precompute_ref)
-        # for a full fine-tune; its no-grad forward needs less than the training forward counted here.
-        tokens = batch * seq_len * (1 if stage == "sft" else 2)
-        d, h = train_state(arch, preset, w, head)
-        _add(dev, d)
-        _add(host, h)
-        dev["activations"] = activation_bytes(arch, w, preset, tokens, gc, head)
-        alt["activations_with_gc" if not gc else "activations_without_gc"] = activation_bytes(
-            arch, w, preset, tokens, not gc, head
-        )
-        if preset.quant.bits:
-            dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
-    elif stage == "ppo":
-        tokens = batch * seq_len
-        kv = 2 * arch.layers * arch.kv_heads * arch.head_dim * w * tokens
-        acts = activation_bytes(arch, w, preset, tokens, gc, "lm")
-        if preset.ppo_lean:
-            # memory-lean: one base; actor + critic adapters train; reference = adapters off; RM = adapter + head
-            base = weight_bytes(arch, preset, w, "lm")
-            lora = arch.lora_params(preset.lora.rank, preset.lora.targets)
-            dev["weights"] = base + arch.hidden * 4 * 2  # + value and reward heads
-            dev["actor_lora_state"] = 16 * lora
-            dev["critic_lora_state"] = 16 * (lora + arch.hidden)
-            dev["reward_adapter"] = 4 * lora
-            if preset.quant.bits:
-                dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
-            alt["four_separate_models"] = (
-                2 * base + 2 * weight_bytes(arch, preset, w, "score") + 32 * lora + dev["reward_adapter"]
-            )
-        else:
-            for name, head in (("actor", "lm"), ("critic", "score")):
-                d, h = train_state(arch, preset, w, head, accumulate=False)
-                _add(dev, d, name + "_")
-                _add(host, h, name + "_")
-            ref, rm = arch.param_count("lm") * w, arch.param_count("score") * w
-            if preset.strategy == "naive":
-                dev["reference"], dev["reward_model"] = ref, rm
-            else:  # kept in RAM; each visits the GPU alone to score a finished rollout
-                host["reference"], host["reward_model"] = ref, rm
-                kv = max(kv, ref, rm)
-        # rollout (KV cache + sampling logits) and update (activations) do not overlap
-        rollout = kv + batch * arch.vocab * 4
-        dev["rollout_or_update"] = max(rollout, acts)
-        alt["rollout_peak"], alt["update_peak"] = rollout, acts
-    elif stage == "grpo":
-        _grpo(arch, preset, w, batch, seq_len, gc, dev, alt)
-    else:
-        raise ValueError(f"unknown stage {stage!r} (use {', '.join(ALL_STAGES)})")
-
-    if device == "cpu":  # the model trains in RAM: everything lands in the host's column
-        _add(host, dev)  # children run with coati_tui.procenv's malloc settings, so RSS tracks live tensors
-        dev = {}
-    else:
-        params_on_disk = arch.param_count("lm") * 2
-        host["load_staging"] = min(params_on_disk, 5 * 1024**3)  # one safetensors shard in flight
-    return dev, host, alt, precision
-
-
-def _grpo(
-    arch: Arch, preset: Preset, w: int, batch: int, seq_len: int, gc: bool, dev: dict[str, int], alt: dict[str, int]
-) -> None:
-    """GRPO: base + actor adapter (no critic, reference free); max(rollout of G x prompts, update)."""
-    g = preset.grpo
-    answers, seq = g.group_size * g.prompts_per_step, g.max_prompt_len + g.max_new_tokens
-    dev["weights"] = weight_bytes(arch, preset, w, "lm")
-    dev["actor_lora_state"] = 16 * arch.lora_params(preset.lora.rank, preset.lora.targets)
-    if preset.quant.bits:
-        dev["dequant_buffer"] = max(lin.in_features * lin.out_features for lin in arch.linears) * w
-    rollout = 2 * arch.layers * arch.kv_heads * arch.head_dim * w * answers * seq + answers * arch.vocab * 4
-    acts = activation_bytes(arch, w, preset, batch * min(seq, max(seq_len, g.max_new_tokens)), gc, "lm")
-    dev["rollout_or_update"] = max(rollout, acts)
-    alt["rollout_peak"], alt["update_peak"] = rollout, acts
+        return {"name": self.preset, "fits": self.fits, "changed": plan_search.describe(self.changes), **asdict(self)}
 
 
 # ---- verdicts ----------------------------------------------------------------------------------
@@ -398,51 +201,122 @@ def plan(
     batch_size: int | None = None,
     seq_len: int | None = None,
     model: str = "",
+    fixed: Collection[str] = (),
+    allow_shorter: bool = False,
 ) -> Plan:
+    """Every preset x stage on ``machine``: its own settings when they fit, else the first settings of
+    plan_search's that do. ``fixed``: the preset keys the user set (``batch_size`` and ``seq_len`` are
+    two of them), which the search leaves alone; ``allow_shorter``: it may shorten max length and rollouts."""
+    pinned = {k: v for k, v in (("train.batch_size", batch_size), ("train.max_len", seq_len)) if v}
+    keep = set(fixed) | set(pinned)
     rows = []
     for preset in presets.values():
-        blocked = unavailable(preset, machine)
-        device = machine.device
-        for stage in stages:
-            batch = batch_size or preset.train.batch_size
-            seq = seq_len or preset.train.max_len
-            dev, host, alt, precision = estimate(arch, preset, stage, batch, seq, device, machine.bf16)
-            row = Row(
-                preset.name,
-                stage,
-                device,
-                precision,
-                batch,
-                seq,
-                sum(dev.values()),
-                sum(host.values()),
-                dev,
-                host,
-                "fits",
-                "",
-                None,
-                preset.speed,
-                alt,
-            )
-            if blocked:
-                row.status, row.reason = "unavailable", blocked[0]
-                row.fix = blocked[1]
-            else:
-                row.status, row.reason = verdict(row, machine)
-                if row.status != "fits" and row.device == "cuda" and preset.train.grad_checkpointing is False:
-                    row.fix = "turn on grad_checkpointing"
-            rows.append(row)
+        base = preset.with_overrides(pinned) if pinned else preset
+        blocked = unavailable(base, machine)
+        rows += [plan_row(arch, base, stage, machine, keep, allow_shorter, blocked) for stage in stages]
 
     def best(candidates: list[Row]) -> str | None:
         fitting = [r for r in candidates if r.fits]
         if not fitting:
             return None
-        return max(fitting, key=lambda r: (r.speed, -r.gpu_bytes, -r.cpu_bytes)).preset
+        return max(fitting, key=lambda r: (r.speed, r.batch_size, -r.gpu_bytes, -r.cpu_bytes)).preset
 
     by_stage = {s: best([r for r in rows if r.stage == s]) for s in stages}
     fits_all = [name for name in presets if all(r.fits for r in rows if r.preset == name)]
     overall = best([r for r in rows if r.preset in fits_all and r.stage == stages[-1]])
     return Plan(model, arch.model_type, arch.param_count("lm"), arch.exact, machine, rows, overall, by_stage)
+
+
+def estimate_row(arch: Arch, preset: Preset, stage: str, machine: Machine, overrides: dict[str, Any]) -> Row:
+    """The estimate and verdict of ``preset`` with ``overrides`` for ``stage`` on ``machine``."""
+    p = preset.with_overrides(overrides) if overrides else preset
+    batch, seq = p.train.batch_size, p.train.max_len
+    dev, host, alt, precision = estimate(arch, p, stage, batch, seq, machine.device, machine.bf16)
+    changed = plan_search.changes(preset, overrides)
+    row = Row(
+        preset.name,
+        stage,
+        machine.device,
+        precision,
+        p.train.batch_size,
+        p.train.max_len,
+        sum(dev.values()),
+        sum(host.values()),
+        dev,
+        host,
+        "fits",
+        "",
+        None,
+        plan_search.expected_speed(preset, overrides),
+        alt,
+        changed,
+        {k: plan_search.get(p, k) for k in plan_search.SETTINGS if plan_search.applies(p, k)},
+    )
+    row.status, row.reason = verdict(row, machine)
+    return row
+
+
+def plan_row(
+    arch: Arch,
+    preset: Preset,
+    stage: str,
+    machine: Machine,
+    fixed: Collection[str] = (),
+    allow_shorter: bool = False,
+    blocked: tuple[str, str] | None = None,
+) -> Row:
+    """One preset x stage: the first of plan_search.candidates that fits, or the nearest miss and its fixes."""
+    tried = []
+    for overrides in plan_search.candidates(preset, stage, fixed, allow_shorter):
+        row = estimate_row(arch, preset, stage, machine, overrides)
+        row.fixed = {k: plan_search.get(preset, k) for k in sorted(fixed) if plan_search.known(k)}
+        if blocked:
+            row.status, row.reason, row.fix = "unavailable", blocked[0], blocked[1]
+            return row
+        if row.fits:
+            if row.changes:
+                row.reason = f"with {plan_search.describe(row.changes)}: {row.reason}"
+            return row
+        tried.append(row)
+    nearest = min(tried, key=lambda r: shortfall(r, machine))
+    nearest.fix = _what_would_fit(arch, preset, stage, machine, fixed, allow_shorter, nearest)
+    if nearest.changes:
+        nearest.reason += f", even with {plan_search.describe(nearest.changes)}"
+    return nearest
+
+
+def shortfall(row: Row, machine: Machine) -> int:
+    """Bytes over the usable memory (the larger side), 0 when the row fits."""
+    gpu = row.gpu_bytes - machine.gpu_usable_bytes if row.device == "cuda" else 0
+    return max(0, gpu, row.cpu_bytes - machine.cpu_usable_bytes)
+
+
+def _what_would_fit(
+    arch: Arch, preset: Preset, stage: str, machine: Machine, fixed: Collection[str], allow_shorter: bool, near: Row
+) -> str:
+    """The nearest miss's fixes: more memory by how much, the user's fixed keys, a shorter length, a smaller model."""
+    fixes = []
+    if near.device == "cuda" and near.gpu_bytes > machine.gpu_usable_bytes:
+        fixes.append(f"{fmt_bytes(near.gpu_bytes - machine.gpu_usable_bytes)} more GPU memory")
+    if near.cpu_bytes > machine.cpu_usable_bytes:
+        fixes.append(f"{fmt_bytes(near.cpu_bytes - machine.cpu_usable_bytes)} more RAM")
+    if fixed:
+        for overrides in plan_search.candidates(preset, stage, (), True)[1:]:
+            if any(k in plan_search.SHORTER and k not in fixed and not allow_shorter for k in overrides):
+                continue  # shortens what the user did not allow to be shortened
+            row = estimate_row(arch, preset, stage, machine, overrides)
+            freed = [k for k in row.changes if k in fixed]
+            if row.fits and freed:
+                mine = ", ".join(f"{k} = {plan_search.get(preset, k)}" for k in freed)
+                fixes.append(f"your {mine} keeps it from fitting: {plan_search.describe(row.changes)} would fit")
+                break
+    if not allow_shorter:
+        for overrides in plan_search.shorter_fixes(preset, stage, fixed):
+            row = estimate_row(arch, preset, stage, machine, overrides)
+            if row.fits:
+                fixes.append(f"with --allow-shorter it fits at {plan_search.describe(row.changes)}")
+                break
+    return "; ".join(fixes + ["a smaller model"])
 
 
 def smaller(result: Plan, stage: str, failed: str, kind: str) -> Row | None:

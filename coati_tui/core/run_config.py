@@ -51,6 +51,7 @@ class RunConfig:
     ptx_data: str = ""  # PPO: SFT data for the PTX loss; "" = no PTX loss
     task: str = ""  # PPO: a built-in task whose true score eval reports ("demo")
     trust_remote_code: bool = False  # the model folder may run its own code (auto_map): --trust-remote-code
+    planned: str = ""  # what the planner changed from the preset to fit the machine ("batch 4 -> 1, ...")
 
     def validate(self) -> None:
         if self.stage not in STAGES:

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from coati_tui.core import plan_search
 from coati_tui.core.units import fmt_bytes, fmt_count
 
 if TYPE_CHECKING:
     from coati_tui.core.hardware import Profile
-    from coati_tui.core.planner import Plan
+    from coati_tui.core.planner import Plan, Row
     from coati_tui.core.presets import Preset
 
 STATUS_STYLE = {"fits": "green", "tight": "yellow", "does_not_fit": "red", "unavailable": "dim"}
@@ -67,6 +68,11 @@ def method(p: Preset) -> str:
     return {"gemini": "Gemini", "zero2": "ZeRO-2", "zero2_cpu": "ZeRO-2"}[p.strategy] + " full"
 
 
+def _own(row: Row, key: str, chosen: int) -> int:
+    """The preset's own value of ``key`` (the row may have changed it to fit)."""
+    return row.changes[key][0] if key in row.changes else chosen
+
+
 def print_plan(result: Plan, breakdown: bool = False, console: Console | None = None) -> None:
     """One row per preset, one column per stage ("GPU/CPU verdict"); the reasons below the table."""
     console = console or Console()
@@ -78,7 +84,10 @@ def print_plan(result: Plan, breakdown: bool = False, console: Console | None = 
     )
     approx = "" if result.exact_params else " (unknown family: counted as Llama)"
     console.print(f"[bold]{result.model}[/]: {result.model_type}, {fmt_count(result.params)} parameters{approx}")
-    console.print(f"Planning for {where}. Cells: peak {'GPU/CPU' if m.device == 'cuda' else 'RAM'} and verdict.")
+    console.print(
+        f"Planning for {where}. Cells: peak {'GPU/CPU' if m.device == 'cuda' else 'RAM'} and verdict; "
+        "* = fits with the settings below (the preset's batch and length in the batch column)."
+    )
     stages = list(dict.fromkeys(r.stage for r in result.rows))
     names = list(dict.fromkeys(r.preset for r in result.rows))
     t = Table(show_edge=False, pad_edge=False)
@@ -98,11 +107,15 @@ def print_plan(result: Plan, breakdown: bool = False, console: Console | None = 
                 if r.device == "cuda"
                 else short_bytes(r.cpu_bytes)
             )
-            cells.append(f"[{STATUS_STYLE[r.status]}]{size} {SYMBOL[r.status]}[/]")
+            mark = "*" if r.fits and r.changes else ""
+            cells.append(f"[{STATUS_STYLE[r.status]}]{size} {SYMBOL[r.status]}{mark}[/]")
             if r.status != "fits":
                 why.setdefault((name, r.reason + (f" Fix: {r.fix}" if r.fix else "")), []).append(st)
+            elif r.changes:
+                why.setdefault((name, f"* {plan_search.describe(r.changes)}"), []).append(st)
         label = f"[bold]{name}[/] ★" if name == result.recommended else name
-        t.add_row(label, f"{first.batch_size}x{first.seq_len}", *cells)
+        batch, seq = _own(first, "train.batch_size", first.batch_size), _own(first, "train.max_len", first.seq_len)
+        t.add_row(label, f"{batch}x{seq}", *cells)
     console.print(t)
     for (name, reason), sts in why.items():
         console.print(f"  [dim]{name} ({', '.join(sts)}):[/] {reason}")
@@ -119,7 +132,7 @@ def print_plan(result: Plan, breakdown: bool = False, console: Console | None = 
         )
     else:
         console.print(
-            "[red]No preset fits every stage.[/] Try a smaller --batch-size or --seq-len, or a smaller model."
+            "[red]No preset fits every stage with any setting.[/] Each row's Fix says what would make it fit."
         )
 
 

@@ -330,7 +330,8 @@ class HomeScreen(Screen):
         except (modelinfo.ModelError, presets.PresetError, OSError) as exc:
             self.app.call_from_thread(self._plan_failed, str(exc))
             return
-        result = planner.plan(arch, loaded, planner.Machine.from_profile(self.profile), model=self.model)
+        machine = planner.Machine.from_profile(self.profile)
+        result = planner.plan(arch, loaded, machine, model=self.model, fixed=set(self.overrides))
         self.app.call_from_thread(self._planned, result, loaded)
 
     def _plan_failed(self, message: str) -> None:
@@ -361,12 +362,14 @@ class HomeScreen(Screen):
         """The headless commands for the choices made here: model, data, reward, preset, settings."""
         from coati_tui.core.flags import to_flags
 
+        rows = self.query_one("#plan", PlanTable).rows_for(preset)
         return headless_commands(
             self.model,
             self.query_one("#data-input", Input).value.strip(),
             self.query_one("#reward-input", Input).value.strip(),
             preset,
             to_flags(self._valid_overrides(preset)) if self.model != DEMO else [],
+            {r.stage: to_flags(r.overrides) for r in rows if r.fits and r.changes},
         )
 
     def _show_detail(self) -> None:

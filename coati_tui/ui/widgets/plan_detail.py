@@ -14,30 +14,21 @@ DEMO = "demo"  # Home's model when none is chosen: the built-in demo
 DEMO_NOTE = "  (g runs it here: SFT -> RM -> PPO on the tiny model, about 2 minutes on a CPU)"
 
 
-def headless_commands(model: str, data: str, reward: str, preset: str, flags: list[str]) -> list[list[str]]:
+def headless_commands(
+    model: str, data: str, reward: str, preset: str, flags: list[str], planned: dict[str, list[str]] | None = None
+) -> list[list[str]]:
     """The `coati-tui` command lines for these choices: the demo's, or SFT's (and PPO's when a reward
-    model is given) with the preset and the edited settings as flags; no data yet reads DATA."""
+    model is given) with the preset and the edited settings as flags, then the settings the planner chose
+    for that stage (``planned``: stage -> flags); no data yet reads DATA."""
     if model == DEMO:
         return [["coati-tui", "demo"]]
-    data = data or "DATA"
+    data, planned = data or "DATA", planned or {}
     out = [["coati-tui", "train", "sft", "--model", model, "--data", data, "--preset", preset, *flags]]
     if reward:
-        out.append(
-            [
-                "coati-tui",
-                "train",
-                "ppo",
-                "--model",
-                model,
-                "--reward",
-                reward,
-                "--prompts",
-                data,
-                "--preset",
-                preset,
-                *flags,
-            ]
-        )
+        ppo = ["coati-tui", "train", "ppo", "--model", model, "--reward", reward, "--prompts", data]
+        out.append([*ppo, "--preset", preset, *flags])
+    for cmd in out:
+        cmd += planned.get(cmd[2], [])
     return out
 
 
@@ -58,6 +49,9 @@ def detail_text(
         text.append(f"{r.stage.upper():4s} ", style="bold")
         text.append(f"{r.status.replace('_', ' ')}: ", style=("green" if r.fits else "red"))
         text.append(r.reason + (f"  Fix: {r.fix}" if r.fix else "") + "\n")
+        if r.fixed:
+            mine = ", ".join(f"{k} = {v}" for k, v in r.fixed.items())
+            text.append(f"     fixed by you: {mine}\n", style="dim")
         if breakdown:
             for side, parts in (("GPU", r.gpu), ("RAM", r.cpu)):
                 items = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in parts.items() if v)

@@ -30,7 +30,8 @@ class PlanTable(DataTable):
                 size = short_bytes(r.cpu_bytes)
                 if r.device == "cuda":
                     size = f"{short_bytes(r.gpu_bytes)}/{size}"
-                cells.append(Text(f"{size} {SYMBOL[r.status]}", style=STATUS_STYLE[r.status]))
+                mark = "*" if r.fits and r.changes else ""  # fits with the settings the detail names
+                cells.append(Text(f"{size} {SYMBOL[r.status]}{mark}", style=STATUS_STYLE[r.status]))
             label = Text(
                 name + (" ★" if name == plan.recommended else ""), style="bold" if name == plan.recommended else ""
             )
