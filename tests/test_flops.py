@@ -90,3 +90,19 @@ def test_step_events_carry_mfu_and_the_rss_peak(tiny_model, tmp_path, monkeypatc
     cache = json.loads((paths.home() / "cache" / "cpu_peak.json").read_text())
     (peak,) = cache.values()  # measured once, cached for the next run
     assert peak > 1e8
+
+
+def test_measuring_the_cpu_peak_draws_nothing_from_the_runs_random_numbers(tmp_path, monkeypatch):
+    """The first run on a machine times a matmul; its inputs must not shift the run's LoRA init and sampling,
+    or that run would not repeat (its resume drifted 3e-4 from the uninterrupted run, CI of 2026-12-03)."""
+    import torch
+
+    from coati_tui.trainer import measure
+
+    monkeypatch.setenv("COATI_TUI_HOME", str(tmp_path))
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    assert measure.peak_flops("cpu", "fp32") > 0  # nothing cached yet: this one measures
+    assert (tmp_path / "cache" / "cpu_peak.json").is_file()
+    assert torch.equal(torch.rand(4), expected)

@@ -4,7 +4,8 @@ denominator) and the peak of its RSS.
 - On a GPU the peak is the data sheet's, from ``core.flops.GPU_PEAK_TFLOPS`` by the card's name.
 - On a CPU there is no data sheet to trust: a square fp32 matmul is timed once (about a tenth of a second,
   at the thread count the run uses) and the figure is cached in ``$COATI_TUI_HOME/cache/cpu_peak.json``,
-  keyed by CPU model, threads and torch version, so later runs start without it.
+  keyed by CPU model, threads and torch version, so later runs start without it. Its inputs come from a
+  generator of its own, so a run that measures draws the same random numbers as one that reads the cache.
 - The RSS peak: the step event's ``cpu_peak`` is the process's high-water mark so far (``ru_maxrss``),
   which the RSS after the step (``cpu_rss``) misses when the step has freed its activations: the DPO
   benchmark saw 477 MiB there against 1180 MiB. It is not reset per step (Linux could, through
@@ -43,7 +44,10 @@ def _time_matmul() -> float:
     import torch
 
     n = CPU_MATMUL
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    # a generator of its own: drawing from the global one would shift the run's LoRA init and sampling on the
+    # first run of a machine only (the figure is cached after), so that run would not repeat
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
     for _ in range(2):  # warm-up: the BLAS library's first call sets itself up
         torch.mm(a, b)
     reps, t0 = 0, time.perf_counter()
