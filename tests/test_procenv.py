@@ -20,3 +20,9 @@ def test_a_child_sees_it():
         check=True,
     ).stdout
     assert out.strip() == os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")
+
+
+def test_huge_pages_for_mmapped_blocks_unless_the_user_tunes_glibc():
+    assert child_env({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    mine = "glibc.malloc.arena_max=2"
+    assert child_env({"GLIBC_TUNABLES": mine})["GLIBC_TUNABLES"] == mine

@@ -11,15 +11,15 @@ where there were 512. Issue 15, bench/allocator.py (a 12M Llama, LoRA q/k/v/o, b
 
     setting                      tokens/s   peak RSS   (planner: 1295 MiB)
     threshold 128 KiB                 764    779 MiB
-    128 KiB + huge pages             1050    784 MiB   (1.37x at the same memory, but not shipped)
+    128 KiB + huge pages             1050    784 MiB   (1.37x at the same memory: shipped)
     threshold 1 MiB + huge pages     1028    785 MiB
     threshold 4 MiB                  1349   1133 MiB   (faster, but RSS drifts from the live tensors:
                                                         the 60M Llama's SFT then ran 28% above its plan)
 
-Huge pages are not set: with them the resumed run's losses drifted 3e-4 from the uninterrupted run's and
-DPO's precomputed reference 1e-3 from the live one (the fresh-clone CI of 2026-12-02): page alignment
-changes which BLAS kernels the same shapes take, and resume must repeat the run exactly. A user who wants
-the speed sets ``GLIBC_TUNABLES`` themselves. The user's own settings always win (``child_env``).
+Both are set. (Huge pages were dropped once, blamed for CI's resume test drifting 3e-4; the cause was the
+CPU-peak matmul drawing from the global RNG on a machine's first run, fixed in trainer/measure.py; with huge
+pages the resume and precomputed-reference tests repeat their runs within 1e-4.)
+The user's own settings always win (``child_env``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import os
 
 CHILD_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "131072",
+    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
     "TOKENIZERS_PARALLELISM": "false",
 }
 
