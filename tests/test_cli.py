@@ -138,6 +138,8 @@ def test_the_flag_table_goes_both_ways():
         "grpo.reward_model_weight": 0.5,
         "offload.optim_frac": 1.0,
         "offload.param_frac": 0.25,
+        "ppo.kl_target": 1.5,
+        "ppo.stop_on_alarm": True,
     }
     assert set(values) == {f.key for f in flags.FLAGS}  # every row is exercised
     # a flag that several stages share sets the key of the stage it is given to, and writes back the same

@@ -146,6 +146,9 @@ def test_separate_reward_model_and_resume_repeats_the_run(tiny_model, tiny_rewar
     for e in steps_b:
         for key in ("reward_mean", "kl", "policy_loss", "value_loss"):
             assert e[key] == pytest.approx(steps_a[e["step"]][key], abs=1e-4), key
+        # the adaptive KL controller's coefficient comes back with the checkpoint (it has moved since step 1)
+        assert e["kl_coef"] == pytest.approx(steps_a[e["step"]]["kl_coef"], rel=1e-9)
+        assert e["kl_coef"] != steps_a[1]["kl_coef"]
 
 
 @pytest.mark.parametrize("layout", ["lean", "four_models"])

@@ -122,6 +122,8 @@ def train(
     critic_lr: float | None = _flag("critic_lr"),
     whiten_advantages: bool | None = _flag("whiten_advantages"),
     reward_clip: float | None = _flag("reward_clip"),
+    kl_target: float | None = _flag("kl_target"),
+    stop_on_alarm: bool | None = _flag("stop_on_alarm"),
     beta: float | None = _flag("beta"),
     label_smoothing: float | None = _flag("label_smoothing"),
     simpo_gamma: float | None = _flag("simpo_gamma"),
@@ -326,6 +328,8 @@ def watch(run_dir: Path, launch: Launch, as_json: bool) -> int:
                 bar.update(task, completed=ev["step"], info=events.describe(ev, stage))
             elif kind in ("sample", "log", "checkpoint", "eval"):
                 bar.console.print(Text(events.describe(ev), style="dim"))
+            elif kind == "alarm":
+                bar.console.print(Text(events.describe(ev), style="bold red"))
             elif kind == "error":
                 last_error = ev
             elif kind == "done":

@@ -29,7 +29,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "checkpoint": ("step", "path"),
     "sample": ("step", "prompt", "response"),
     "log": ("level", "message"),
-    "done": ("status", "step"),  # status: completed | cancelled
+    "done": ("status", "step"),  # status: completed | cancelled | stopped (by the trainer: its reason)
+    # a sign of reward hacking (trainer/ppo/guard.py): kind kl | length | reward_range | gap, what to try
+    "alarm": ("step", "kind", "message", "hint"),
     "error": ("kind", "message", "log_tail"),
     # the generation worker (coati_tui.worker): a model loaded, streamed pieces, a finished answer
     "loaded": ("model", "device", "dtype", "quant", "memory_bytes", "load_s"),
@@ -38,7 +40,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "answer": ("id", "text", "tokens", "tokens_per_s", "stop"),
 }
 ERROR_KINDS = ("gpu_oom", "cpu_oom", "data", "config", "missing_dependency", "disk_full", "crash")
-DONE_STATUSES = ("completed", "cancelled")
+DONE_STATUSES = ("completed", "cancelled", "stopped")
 
 
 class EventError(ValueError):
@@ -243,7 +245,8 @@ def _num(value: Any) -> str:
 
 def _done(ev: Mapping[str, Any]) -> str:
     where = ev.get("final") or ev.get("resume")
-    return f"{ev['status']} at step {ev['step']}" + (f": {where}" if where else "")
+    why = f" ({ev['reason']})" if ev.get("reason") else ""
+    return f"{ev['status']} at step {ev['step']}{why}" + (f": {where}" if where else "")
 
 
 def _sample(ev: Mapping[str, Any]) -> str:
@@ -275,6 +278,7 @@ LINES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "sample": _sample,
     "log": lambda ev: str(ev["message"]),
     "done": _done,
+    "alarm": lambda ev: f"ALARM ({ev['kind']}) at step {ev['step']}: {ev['message']}. Try: {ev['hint']}",
     "error": lambda ev: f"{ev['kind']}: {ev['message']}",
     "loaded": _loaded,
     "token": lambda ev: str(ev["text"]),

@@ -90,6 +90,22 @@ FLAGS: tuple[Flag, ...] = (
     Flag("ppo.whiten_advantages", ("--whiten",), "whiten_advantages", off="--no-whiten", panel=PPO),
     Flag("ppo.reward_clip", ("--reward-clip",), "reward_clip", min=0, panel=PPO),
     Flag(
+        "ppo.kl_target",
+        ("--kl-target",),
+        "kl_target",
+        min=0,
+        panel=PPO,
+        help="adaptive KL target per answer; 0 = fixed",
+    ),
+    Flag(
+        "ppo.stop_on_alarm",
+        ("--stop-on-alarm",),
+        "stop_on_alarm",
+        off="--no-stop-on-alarm",
+        panel=PPO,
+        help="stop at the first reward-hacking alarm, keeping the checkpoint before it",
+    ),
+    Flag(
         "dpo.beta",
         ("--beta",),
         "beta",

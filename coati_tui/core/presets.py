@@ -101,6 +101,27 @@ class PPO:
     ratio_limit: float = _f(10.0, "skip a mini-batch update whose largest ratio exceeds this", minimum=1)
     sample_every: int = _f(5, "emit a sample (prompt, answer, reward) every N steps; 0 = never", minimum=0)
     memory_lean: bool = _f(True, "one base model carries actor and critic adapters; reference = adapters off")
+    # against reward hacking (README "PPO": what each alarm means); GRPO scoring with a reward model uses
+    # the reward and alarm keys below too
+    kl_target: float = _f(
+        2.0, "adaptive KL: the KL per answer (nats) kl_coef is steered to (Ziegler et al. 2019); 0 = fixed", minimum=0
+    )
+    kl_horizon: int = _f(256, "adaptive KL: answers over which kl_coef may change by up to 20%", minimum=1)
+    reward_normalize: bool = _f(True, "score = (RM score - mean) / std of the RM's own scores on its eval pairs")
+    reward_clip_seen: bool = _f(False, "clip scores to the range the RM gave its eval pairs")
+    length_penalty: float = _f(0.0, "subtracted from the score per answer token (negative: a bonus per token)")
+    alarm_kl: float = _f(0.0, "KL per answer that raises an alarm; 0 = 2 x kl_target (4 nats when fixed)", minimum=0)
+    alarm_length_drop: float = _f(
+        0.5, "alarm when answers shrink by this share of the first steps' length; 0 = off", minimum=0
+    )
+    alarm_gap: float = _f(
+        1.5, "alarm when the policy outscores the SFT model's answers by this many RM eval margins; 0 = off", minimum=0
+    )
+    gap_every: int = _f(
+        5, "steps between scoring the SFT model's answers to the rollout's prompts; 0 = never", minimum=0
+    )
+    alarm_patience: int = _f(3, "steps a sign must last before its alarm fires", minimum=1)
+    stop_on_alarm: bool = _f(False, "stop at the first alarm; resume starts from the checkpoint before it")
 
 
 DPO_LOSSES = ("sigmoid", "ipo", "simpo")

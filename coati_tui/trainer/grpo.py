@@ -17,12 +17,13 @@ each process samples its own share of the prompts and gradients are averaged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coati_tui.core.errors import ConfigError
 from coati_tui.trainer.loop import split
+from coati_tui.trainer.ppo import guard
 from coati_tui.trainer.recipe import Recipe, Step
 
 
@@ -31,6 +32,9 @@ class GRPOState:
     step: int = 0  # GRPO steps (rollouts) done
     epoch: int = 0
     micro_in_epoch: int = 0  # prompt batches of this epoch already used
+    first: dict[str, list[float]] = field(default_factory=dict)  # ppo.guard.Watch's counters (with a reward model)
+    signs: dict[str, int] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -132,8 +136,12 @@ class GRPO(Recipe):
             critic=False,
             temperature=g.temperature,
         )
+        # scored by a reward model: PPO's reward normalization and alarms ([ppo] keys), on its eval statistics
+        stats = guard.read_stats(cfg.reward) if cfg.reward else None
+        self.watch = guard.Watch(preset.ppo, stats) if cfg.reward else None
+        shaper = guard.Shaper(preset.ppo, stats) if cfg.reward else None
         self.rollout = Rollout(
-            self.models, g, self.stop_ids, self.pad_id, device, generation_config(g, self.stop_ids, self.pad_id)
+            self.models, g, self.stop_ids, self.pad_id, device, generation_config(g, self.stop_ids, self.pad_id), shaper
         )
 
     def configure(self, total_steps: int) -> None:
@@ -267,6 +275,13 @@ class GRPO(Recipe):
         }
 
     def after_step(self, state: Any) -> None:
+        if self.watch is not None:  # the KL alarm is PPO's (per answer); GRPO's KL is a loss term per token
+            exp = self.last.exp
+            seen = {"response_len": float(exp.rmask.sum(-1).mean()), "reward_raw": float(exp.raw_score.mean())}
+            for alarm in self.watch.check(state, seen):
+                self.run.emit("alarm", step=state.step, **alarm)
+                if self.preset.ppo.stop_on_alarm and not self.halt:
+                    self.halt = f"alarm {alarm['kind']} at step {state.step}: {alarm['message']}"
         every = self.preset.grpo.sample_every
         if every and state.step % every == 0:
             grp: Group = self.last

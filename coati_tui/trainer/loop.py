@@ -51,10 +51,10 @@ def train(recipe: Recipe) -> None:
     if recipe.eval_at_start and state.step == 0 and recipe.has_eval and cfg.eval_interval >= 0:
         _eval(run, recipe, 0)
     started, timed, peak = time.perf_counter(), 0, _Peak(strategy)
-    while state.step < total and not run.stop_requested:
+    while state.step < total and not run.stop_requested and not recipe.halt:
         order = batches(len(items), recipe.batch_size, cfg.seed + state.epoch, [recipe.length(x) for x in items])
         order = order[strategy.rank : micro_per_epoch * strategy.world : strategy.world]  # this process's share
-        while state.micro_in_epoch < len(order) and state.step < total and not run.stop_requested:
+        while state.micro_in_epoch < len(order) and state.step < total and not (run.stop_requested or recipe.halt):
             t0 = time.perf_counter()
             group = order[state.micro_in_epoch : state.micro_in_epoch + recipe.accumulation]
             step = recipe.train_step([[items[j] for j in idx] for idx in group], state)
@@ -80,6 +80,8 @@ def train(recipe: Recipe) -> None:
             )
             run.scalars(recipe.scalar_prefix, state.step, {"loss": step.loss, **step.metrics})
             recipe.after_step(state)
+            if recipe.halt:  # an alarm under stop_on_alarm: this step is not kept
+                break
             if cfg.save_interval and state.step % cfg.save_interval == 0 and state.step < total:
                 run.save_checkpoint(state, strategy, recipe.save)
             if recipe.has_eval and cfg.eval_interval > 0 and state.step % cfg.eval_interval == 0 and state.step < total:
@@ -98,12 +100,38 @@ def train(recipe: Recipe) -> None:
             resume=f"coati-tui train {cfg.stage} --resume {run.dir}",
         )
         return
+    if recipe.halt:
+        return _halted(run, recipe, state.step, total)
     if recipe.has_eval:
         _eval(run, recipe, state.step)
     final = run.dir / "final"
     recipe.save_final(final)
     strategy.barrier()
     run.emit("done", status="completed", step=state.step, total_steps=total, final=str(final))
+
+
+def _halted(run: Run, recipe: Recipe, step: int, total: int) -> None:
+    """The recipe stopped the run (an alarm under stop_on_alarm): no checkpoint of this step; the final
+    folder is the newest checkpoint's model, the last before the alarm, when there is one."""
+    final, kept_step = None, 0
+    if run.checkpoints():
+        kept_step = run.load_checkpoint(recipe.load, recipe.state_cls).step
+        final = run.dir / "final"
+        recipe.save_final(final)
+        recipe.strategy.barrier()
+        run.info(f"stopped: {recipe.halt}; final/ holds step {kept_step}, the last checkpoint before it")
+    else:
+        run.warn(f"stopped: {recipe.halt}; no checkpoint was written before it, so no final model")
+    run.emit(
+        "done",
+        status="stopped",
+        step=step,
+        total_steps=total,
+        reason=recipe.halt,
+        kept_step=kept_step,
+        resume=f"coati-tui train {recipe.cfg.stage} --resume {run.dir}",
+        **({"final": str(final)} if final else {}),
+    )
 
 
 class _Peak:

@@ -64,6 +64,7 @@ class Recipe(ABC):
         self.run, self.cfg, self.preset = run, run.cfg, run.cfg.preset
         self.items: list[Any] = []
         self.strategy: Any = None
+        self.halt = ""  # set by the recipe (an alarm under stop_on_alarm): the loop stops, saying why
 
     @property
     def batch_size(self) -> int:

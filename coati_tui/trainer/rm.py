@@ -22,6 +22,7 @@ from coati_tui.trainer.run import Run
 
 class RewardModel(SupervisedRecipe):
     head = "score"
+    reward_stats: dict[str, float] | None = None  # its scores on the held-out pairs (trainer/ppo/guard.py)
 
     def prepare_data(self) -> tuple[list[Any], list[Any]]:
         from coati_tui.data import formats
@@ -87,12 +88,16 @@ class RewardModel(SupervisedRecipe):
         import torch
         import torch.nn.functional as F
 
+        from coati_tui.trainer.ppo import guard
+
         c_all, r_all = [], []
         for i in range(0, len(self.held), self.batch_size):
             c, r = self.scores(self.collate(self.held[i : i + self.batch_size])).chunk(2)
             c_all.append(c)
             r_all.append(r)
         c, r = torch.cat(c_all), torch.cat(r_all)
+        # the last eval's scores go with the final model: PPO normalizes by them and knows the range seen
+        self.reward_stats = guard.stats_of(c.tolist(), r.tolist())
         return {
             "accuracy": float((c > r).float().mean()),
             "chosen_reward": float(c.mean()),
@@ -120,6 +125,7 @@ class RewardModel(SupervisedRecipe):
             base=self.cfg.model,
             weights=weights,
             extra=(lambda tmp: adapter.rename(tmp / "adapter")) if adapter else None,
+            info={"reward_stats": self.reward_stats} if self.reward_stats else None,
         )
 
     def start_info(self) -> dict[str, Any]:

@@ -134,6 +134,17 @@ class Naive:
             value = float(t.item())
         return value
 
+    def reduce_mean(self, value: float) -> float:
+        """The mean of ``value`` over all processes (a controller every process must steer alike)."""
+        if self.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            t = torch.tensor([value], dtype=torch.float64, device="cuda" if self.device == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            value = float(t.item()) / self.world
+        return value
+
     def _trainable_state(self, model) -> dict:
         inner = self.unwrap(model)
         names = {n for n, p in inner.named_parameters() if p.requires_grad}

@@ -26,8 +26,8 @@ class Layout(Protocol):
     def setup(self, strategy: Any, preset: Any, pp: Any) -> None:
         """Optimizers (and the strategy's wrappers) for actor and critic."""
 
-    def generate(self, ids: Any, mask: Any, gen_config: Any) -> Any:
-        """The actor's answers (B, P+T') to left-padded prompts (B, P)."""
+    def generate(self, ids: Any, mask: Any, gen_config: Any, reference: bool = False) -> Any:
+        """The actor's answers (B, P+T') to left-padded prompts (B, P); ``reference``: the SFT model's."""
 
     def logits(self, which: str | None, ids: Any, mask: Any, start: int, width: int) -> Any:
         """(B, T, V) next-token logits over the answer / temperature; ``which`` None = the reference."""

@@ -161,7 +161,10 @@ class Lean:
         h = self.hidden("reward", ids, mask)[rows, last]
         return self.reward_head(h.float()).squeeze(-1)
 
-    def generate(self, ids, mask, gen_config):
+    def generate(self, ids, mask, gen_config, reference: bool = False):
+        if reference:  # the SFT model: the base with every adapter off
+            with self.model.disable_adapter():
+                return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
         self.model.set_adapter("actor")
         return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
 

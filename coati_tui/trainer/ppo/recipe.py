@@ -31,11 +31,12 @@ wrapper in the four-model one), and a skipped update is skipped by every process
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coati_tui.trainer.loop import split, train
+from coati_tui.trainer.ppo import guard
 from coati_tui.trainer.ppo.layout import Layout
 from coati_tui.trainer.ppo.rollout import Experience, Rollout, generation_config
 from coati_tui.trainer.recipe import Recipe, Step
@@ -48,6 +49,10 @@ class PPOState:
     epoch: int = 0
     micro_in_epoch: int = 0  # rollout batches of this epoch already used
     ptx_pos: int = 0  # PTX batches drawn
+    kl_coef: float = -1.0  # the adaptive controller's coefficient (-1: not started, ppo.kl_coef)
+    first: dict[str, list[float]] = field(default_factory=dict)  # guard.Watch's counters (resume keeps them)
+    signs: dict[str, int] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
 
 
 class PPO(Recipe):
@@ -127,6 +132,8 @@ class PPO(Recipe):
                 preset.with_overrides({"train.accumulation_steps": 1}), device, precision
             )
             self.models = Separate(preset, cfg, device, self.tokenizer, self.run.info)
+        stats = guard.read_stats(cfg.reward)
+        self.watch = guard.Watch(preset.ppo, stats)
         self.rollout = Rollout(
             self.models,
             preset.ppo,
@@ -134,6 +141,17 @@ class PPO(Recipe):
             self.pad_id,
             device,
             generation_config(preset.ppo, self.stop_ids, self.pad_id),
+            guard.Shaper(preset.ppo, stats),
+        )
+        self.run.info(
+            "reward: "
+            + (
+                f"the RM's eval scores (mean {stats['mean']:+.2f}, std {stats['std']:.2f}, range "
+                f"{stats['min']:+.2f}..{stats['max']:+.2f}, margin {stats['margin']:+.2f})"
+                + (" normalize it" if self.rollout.shaper.normalize else "")
+                if stats
+                else "raw scores (the reward model has no reward_stats: not trained here, or before they were kept)"
+            )
         )
 
     def configure(self, total_steps: int) -> None:
@@ -146,28 +164,46 @@ class PPO(Recipe):
         from coati_tui.trainer.ppo.update import update
 
         pp, (chunk,) = self.preset.ppo, group
+        coef = state.kl_coef if state.kl_coef >= 0 else pp.kl_coef
         self.models.train(False)
         with torch.no_grad():
-            exp = self.rollout.make([ids for _, ids in chunk], kl_coef=pp.kl_coef)
+            exp = self.rollout.make([ids for _, ids in chunk], kl_coef=coef)
+            gap = self._gap(exp, chunk) if pp.gap_every and (state.step + 1) % pp.gap_every == 0 else {}
         self.models.train(True)
+        kl = float(exp.kl_per_answer("k1").mean())
+        answers = len(chunk) * self.strategy.world
+        state.kl_coef = guard.next_kl_coef(coef, self.strategy.reduce_mean(kl), pp.kl_target, pp.kl_horizon, answers)
         stats = update(self.models, exp, pp, self.preset, self.ptx, state, self.pad_id, self.device, self.strategy)
         self.last, self.last_chunk = exp, chunk
         tokens = exp.answer_tokens
         metrics = {
             "reward_mean": float(exp.score.mean()),
             "reward_std": float(exp.score.std()) if len(chunk) > 1 else 0.0,
-            "kl": float(exp.kl_per_answer("k1").mean()),
+            "reward_raw": float(exp.raw_score.mean()),
+            "kl": kl,
             "kl_k3": float(exp.kl_per_answer("k3").mean()),
+            "kl_coef": coef,
+            **gap,
             "response_len": tokens / len(chunk),
             "rollout_tokens_per_s": tokens / max(exp.gen_s, 1e-9),
             "rollout_s": exp.gen_s,
             **stats,
         }
+        self.metrics = metrics
         return Step(
             loss=stats["policy_loss"], lr=self.preset.train.lr, tokens=int(tokens), samples=len(chunk), metrics=metrics
         )
 
+    def _gap(self, exp: Experience, chunk: list[Any]) -> dict[str, float]:
+        """The SFT model's answers to this rollout's prompts, scored by the same RM: the policy's own gain."""
+        sft = float(self.rollout.reference_scores([ids for _, ids in chunk]).mean())
+        return {"reward_sft": sft, "reward_gap": float(exp.raw_score.mean()) - sft}
+
     def after_step(self, state: Any) -> None:
+        for alarm in self.watch.check(state, self.metrics):
+            self.run.emit("alarm", step=state.step, **alarm)
+            if self.preset.ppo.stop_on_alarm and not self.halt:
+                self.halt = f"alarm {alarm['kind']} at step {state.step}: {alarm['message']}"
         every = self.preset.ppo.sample_every
         if every and state.step % every == 0:
             exp: Experience = self.last
@@ -187,7 +223,7 @@ class PPO(Recipe):
         scorer = None
         if self.cfg.task == "demo":
             from coati_tui.data.demo import true_score as scorer
-        out: dict[str, Any] = {"reward": 0.0, "kl": 0.0, "response_len": 0.0}
+        out: dict[str, Any] = {"reward": 0.0, "reward_raw": 0.0, "kl": 0.0, "response_len": 0.0}
         if scorer:
             out["true_score"] = 0.0
         held, rb = self.held, self.preset.ppo.rollout_batch
@@ -199,6 +235,7 @@ class PPO(Recipe):
                 exp = self.rollout.make([ids for _, ids in chunk], kl_coef=0.0, values=False)
                 n = len(chunk) / len(held)
                 out["reward"] += float(exp.score.mean()) * n
+                out["reward_raw"] += float(exp.raw_score.mean()) * n
                 out["kl"] += float(exp.kl_per_answer("k1").mean()) * n
                 out["response_len"] += float(exp.rmask.sum(-1).mean()) * n
                 if scorer:

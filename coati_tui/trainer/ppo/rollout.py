@@ -30,6 +30,7 @@ class Experience:
     values: Any = None  # (B, T) float: the critic's values (PPO only)
     adv: Any = None  # (B, T) float: GAE advantages (whitened when the preset says so)
     returns: Any = None  # (B, T) float: advantages + values
+    raw_score: Any = None  # (B,) float: the reward model's own scores, before guard.Shaper
 
     @property
     def answer_tokens(self) -> float:
@@ -61,9 +62,39 @@ def generation_config(pp: Any, stop_ids: list[int], pad_id: int) -> Any:
 
 
 class Rollout:
-    def __init__(self, models: Layout, pp: Any, stop_ids: list[int], pad_id: int, device: str, gen_config: Any) -> None:
+    def __init__(
+        self,
+        models: Layout,
+        pp: Any,
+        stop_ids: list[int],
+        pad_id: int,
+        device: str,
+        gen_config: Any,
+        shaper: Any = None,
+    ) -> None:
         self.models, self.pp, self.stop_ids, self.pad_id = models, pp, stop_ids, pad_id
-        self.device, self.gen_config = device, gen_config
+        self.device, self.gen_config, self.shaper = device, gen_config, shaper
+
+    def _prompts(self, prompt_ids: list[list[int]]) -> tuple[Any, Any, int]:
+        import torch
+
+        width = max(len(p) for p in prompt_ids)  # left padding: every answer starts in the same column
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompt_ids], device=self.device)
+        pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
+        return ids, pmask, width
+
+    def reference_scores(self, prompt_ids: list[list[int]]) -> Any:
+        """The reward model's raw scores of the reference (SFT) model's answers to these prompts."""
+        import torch
+
+        from coati_tui.trainer.ppo import math as M
+
+        ids, pmask, width = self._prompts(prompt_ids)
+        resp = self.models.generate(ids, pmask, self.gen_config, reference=True)[:, width:]
+        rmask = M.response_mask(resp, self.stop_ids, self.pad_id)
+        resp = torch.where(rmask > 0, resp, torch.full_like(resp, self.pad_id))
+        full, mask = torch.cat([ids, resp], 1), torch.cat([pmask, rmask.long()], 1)
+        return self.models.scores(full, mask, width + M.last_index(rmask)).float()
 
     def make(
         self,
@@ -83,9 +114,7 @@ class Rollout:
 
         from coati_tui.trainer.ppo import math as M
 
-        width = max(len(p) for p in prompt_ids)  # left padding: every answer starts in the same column
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompt_ids], device=self.device)
-        pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
+        ids, pmask, width = self._prompts(prompt_ids)
         t0 = time.perf_counter()
         out = self.models.generate(ids, pmask, self.gen_config)
         gen_s = time.perf_counter() - t0
@@ -99,10 +128,8 @@ class Rollout:
         logp = M.gather_logprobs(self.models.logits("actor", full, mask, width, T), resp) if old else None
         ref_logp = M.gather_logprobs(self.models.logits(None, full, mask, width, T), resp) if ref else logp
         last = width + M.last_index(rmask)
-        scores = self.models.scores(full, mask, last).float() if score else torch.zeros(len(prompt_ids))
-        clip = getattr(self.pp, "reward_clip", 0.0)
-        if clip:
-            scores = scores.clamp(-clip, clip)
+        raw = self.models.scores(full, mask, last).float() if score else torch.zeros(len(prompt_ids))
+        scores = self.shaper.shape(raw, rmask.sum(-1).to(raw.device)) if self.shaper and score else raw
         k1, k3 = M.kl_terms(logp, ref_logp) if logp is not None and ref_logp is not None else (None, None)
         exp = Experience(
             ids=full,
@@ -116,6 +143,7 @@ class Rollout:
             k1=k1,
             k3=k3,
             gen_s=gen_s,
+            raw_score=raw.to(resp.device),
         )
         if values:
             v = self.models.values(full, mask, width, T) * rmask

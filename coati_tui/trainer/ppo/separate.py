@@ -148,7 +148,9 @@ class Separate:
     def scores(self, ids, mask, last):
         return self.rm.run("scores", ids=ids, mask=mask, last=last)
 
-    def generate(self, ids, mask, gen_config):
+    def generate(self, ids, mask, gen_config, reference: bool = False):
+        if reference:
+            return self.ref.run("generate", ids=ids, mask=mask, gen_config=gen_config)
         return self.actor(task="generate", ids=ids, mask=mask, gen_config=gen_config)
 
     def train(self, on: bool) -> None:
