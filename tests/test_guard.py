@@ -199,3 +199,25 @@ def test_prompts_the_sft_model_already_answers_above_the_rms_range_raise_no_alar
     assert watch.check(state, {"kl": 0.0, "response_len": 8.0, "reward_raw": 7.5}) == []  # within a std of the start
     (alarm,) = watch.check(state, {"kl": 0.0, "response_len": 8.0, "reward_raw": 8.5})
     assert alarm["kind"] == "reward_range" and alarm["limit"] == 8.0
+
+
+def test_the_hackable_task_teaches_the_rm_that_shorter_wins(tmp_path):
+    """bench/ppo_hacking.py's task: with short_chosen every chosen answer names only its liked fruits, so it
+    names fewer fruits than the rejected one whenever it had a disliked one to drop; without, both name three."""
+    from coati_tui.data import demo
+
+    def fruits(text: str) -> list[str]:
+        names = [f for lang in demo.FRUITS.values() for group in lang.values() for f in group]
+        return [f for f in names if f in text]
+
+    def pairs(folder, **kw):
+        files = demo.write_task(folder, seed=3, n_sft=8, n_pairs=60, n_prompts=4, n_test=4, **kw)
+        rows = [json.loads(line) for line in files["prefs"].read_text(encoding="utf-8").splitlines()]
+        assert {demo.language(r["context"][0]["content"]) for r in rows} == {"en", "zh"}  # both languages
+        return [(fruits(r["chosen"][0]["content"]), fruits(r["rejected"][0]["content"])) for r in rows]
+
+    hacked = pairs(tmp_path / "hacked", short_chosen=1.0)
+    liked = {f for lang in demo.FRUITS.values() for f in lang["liked"]}
+    assert all(set(chosen) <= liked and len(rejected) == 3 for chosen, rejected in hacked)
+    assert sum(len(chosen) < 3 for chosen, _ in hacked) > len(hacked) / 2
+    assert all(len(chosen) == len(rejected) == 3 for chosen, rejected in pairs(tmp_path / "plain"))
