@@ -148,16 +148,21 @@ def test_rm_learns_a_learnable_preference(tiny_model, tmp_path):
 
     rm = AutoModelForSequenceClassification.from_pretrained(out / "final")  # merged: loads on its own
     tok = AutoTokenizer.from_pretrained(out / "final")
-    good = tok.apply_chat_template(
-        [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！很高兴见到你。"}], tokenize=False
-    )
-    bad = tok.apply_chat_template(
-        [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "zq#xk@w"}], tokenize=False
-    )
-    batch = tok([good, bad], return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def scored(question: str, answer: str) -> str:
+        """As the trainer scores: up to the answer's end token (the template's "\n" after it is cut: a score
+        read there carries nothing the RM learned)."""
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        return text[: text.rindex(tok.eos_token) + len(tok.eos_token)]
+
+    pairs = [("你好", "你好！很高兴见到你。", "zq#xk@w"), ("What is 2 + 3?", "2 + 3 = 5.", "kx@#wyq")]
+    texts = [scored(q, a) for q, good, bad in pairs for a in (good, bad)]
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         s = rm(**batch).logits.squeeze(-1)
-    assert s[0] > s[1]
+    assert s[0] > s[1] and s[2] > s[3], s.tolist()
 
 
 def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(tiny_model, sft_data, tmp_path):
