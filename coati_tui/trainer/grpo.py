@@ -278,10 +278,7 @@ class GRPO(Recipe):
         if self.watch is not None:  # the KL alarm is PPO's (per answer); GRPO's KL is a loss term per token
             exp = self.last.exp
             seen = {"response_len": float(exp.rmask.sum(-1).mean()), "reward_raw": float(exp.raw_score.mean())}
-            for alarm in self.watch.check(state, seen):
-                self.run.emit("alarm", step=state.step, **alarm)
-                if self.preset.ppo.stop_on_alarm and not self.halt:
-                    self.halt = f"alarm {alarm['kind']} at step {state.step}: {alarm['message']}"
+            self.raise_alarms(state.step, self.watch.check(state, seen), self.preset.ppo.stop_on_alarm)
         every = self.preset.grpo.sample_every
         if every and state.step % every == 0:
             grp: Group = self.last

@@ -66,6 +66,13 @@ class Recipe(ABC):
         self.strategy: Any = None
         self.halt = ""  # set by the recipe (an alarm under stop_on_alarm): the loop stops, saying why
 
+    def raise_alarms(self, step: int, alarms: list[dict[str, Any]], stop: bool) -> None:
+        """Emit each alarm as its own event; with ``stop`` (stop_on_alarm) the first one halts the loop."""
+        for alarm in alarms:
+            self.run.emit("alarm", step=step, **alarm)
+            if stop and not self.halt:
+                self.halt = f"alarm {alarm['kind']} at step {step}: {alarm['message']}"
+
     @property
     def batch_size(self) -> int:
         """Items per micro-batch."""

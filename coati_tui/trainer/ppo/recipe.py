@@ -200,10 +200,7 @@ class PPO(Recipe):
         return {"reward_sft": sft, "reward_gap": float(exp.raw_score.mean()) - sft}
 
     def after_step(self, state: Any) -> None:
-        for alarm in self.watch.check(state, self.metrics):
-            self.run.emit("alarm", step=state.step, **alarm)
-            if self.preset.ppo.stop_on_alarm and not self.halt:
-                self.halt = f"alarm {alarm['kind']} at step {state.step}: {alarm['message']}"
+        self.raise_alarms(state.step, self.watch.check(state, self.metrics), self.preset.ppo.stop_on_alarm)
         every = self.preset.ppo.sample_every
         if every and state.step % every == 0:
             exp: Experience = self.last
