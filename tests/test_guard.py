@@ -221,3 +221,30 @@ def test_the_hackable_task_teaches_the_rm_that_shorter_wins(tmp_path):
     assert all(set(chosen) <= liked and len(rejected) == 3 for chosen, rejected in hacked)
     assert sum(len(chosen) < 3 for chosen, _ in hacked) > len(hacked) / 2
     assert all(len(chosen) == len(rejected) == 3 for chosen, rejected in pairs(tmp_path / "plain"))
+
+
+def test_grpo_scored_by_a_reward_model_trains_on_its_normalized_scores(tiny_model, rm_run, tmp_path):
+    """GRPO with --reward RM shares PPO's shaping: step 1 (the policy still the SFT model, the same seed, so
+    the same answers) reports (raw - mean) / std of the RM's eval scores; with reward_normalize off, raw."""
+    from sample_data import write_jsonl
+
+    from coati_tui.core import events
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": q} for q in ("你好", "Name a color.")] * 8)
+    first = {}
+    for name, normalize in (("norm", "true"), ("raw", "false")):
+        preset = tmp_path / f"{name}.toml"
+        preset.write_text(f"[ppo]\nreward_normalize = {normalize}\n[lora]\nrank = 4\n", encoding="utf-8")
+        out = tmp_path / name
+        proc = _cli(
+            "train", "grpo", "--model", str(tiny_model), "--reward", str(rm_run), "--prompts", prompts,
+            *SMALL[:-2], "--preset", str(preset), "--group-size", "4", "--max-new-tokens", "8",
+            "--max-steps", "2", "--out", str(out),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        steps = [e for e in events.read(out / "events.jsonl") if e["type"] == "step"]
+        assert len(steps) == 2
+        first[name] = steps[0]["reward_mean"]
+    stats = guard.read_stats(str(rm_run / "final"))
+    assert stats is not None and stats["std"] > 0
+    assert first["norm"] == pytest.approx((first["raw"] - stats["mean"]) / stats["std"], abs=1e-4)
