@@ -49,17 +49,17 @@ class Shaper:
 
     def __init__(self, pp: Any, stats: dict[str, float] | None) -> None:
         self.pp, self.stats = pp, stats
-        self.normalize = bool(stats) and pp.reward_normalize and stats is not None and stats["std"] > 0
+        self.normalize = stats is not None and pp.reward_normalize and stats["std"] > 0
 
-    def norm(self, x: float) -> float:
-        assert self.stats is not None
-        return (x - self.stats["mean"]) / self.stats["std"] if self.normalize else x
+    def norm(self, x: Any) -> Any:
+        """A raw score (a float or a tensor) on the scale PPO learns from."""
+        if not self.normalize or self.stats is None:
+            return x
+        return (x - self.stats["mean"]) / self.stats["std"]
 
     def shape(self, scores: Any, lengths: Any) -> Any:
         """``scores`` (B,) raw RM scores and ``lengths`` (B,) answer tokens (tensors) -> (B,) rewards."""
-        pp, out = self.pp, scores
-        if self.normalize:
-            out = (out - self.stats["mean"]) / self.stats["std"]
+        pp, out = self.pp, self.norm(scores)
         if pp.reward_clip_seen and self.stats:
             out = out.clamp(self.norm(self.stats["min"]), self.norm(self.stats["max"]))
         if pp.reward_clip:
