@@ -6,12 +6,15 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from arch_configs import ARCHS
 from rich.console import Console
 from textual.binding import Binding
 
 from coati_tui.ui.app import CoatiApp
 from coati_tui.ui.widgets.plan_table import PlanTable
+
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
 
 
 def text_of(widget) -> str:

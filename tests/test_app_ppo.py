@@ -4,6 +4,7 @@ next stage from a run's output."""
 
 import os
 
+import pytest
 from test_app_train import wait_for
 from textual.widgets import Input, RichLog, Static
 
@@ -13,6 +14,8 @@ from coati_tui.ui.screens.home import HomeScreen
 from coati_tui.ui.screens.runs import RunsScreen
 from coati_tui.ui.screens.train import TrainScreen
 from coati_tui.ui.widgets.loss_plot import LossPlot
+
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
 
 
 async def test_demo_from_home_follows_its_runs_cancels_and_resumes():

@@ -4,6 +4,7 @@ loss points in the plot -> cancel -> resume -> the run in Runs."""
 import os
 import time
 
+import pytest
 from sample_data import sft_records, write_jsonl
 
 from coati_tui.ui.app import CoatiApp
@@ -11,6 +12,8 @@ from coati_tui.ui.screens.runs import RunsScreen
 from coati_tui.ui.screens.train import TrainScreen
 from coati_tui.ui.widgets.loss_plot import LossPlot
 from coati_tui.ui.widgets.plan_table import PlanTable
+
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
 
 
 async def wait_for(pilot, cond, timeout=60.0):

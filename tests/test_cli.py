@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from arch_configs import ARCHS
+
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
 
 
 def coati(*args, check=True):

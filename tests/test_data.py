@@ -8,6 +8,8 @@ from sample_data import write_jsonl
 
 from coati_tui.data.formats import DataError, load_preferences, load_sft
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 CHAT = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！Hello."}]
 
 

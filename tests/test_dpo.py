@@ -361,6 +361,7 @@ def test_simpo_and_orpo_train_without_a_reference(method, tiny_model, tmp_path):
     assert of(evs, "eval")[-1]["metrics"]["accuracy"] >= 0.75
 
 
+@pytest.mark.slow  # the loop's logic, not the stack's: CI runs it once
 def test_the_rank_panes_store_is_training_data(tiny_model, tmp_path):
     from coati_tui.data.prefstore import Store
 
@@ -395,6 +396,7 @@ def test_malformed_preference_rows_stop_before_a_run_folder(tiny_model, tmp_path
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # the loop's logic, not the stack's: CI runs it once
 def test_demo_method_dpo_raises_the_true_score(tmp_path):
     """`coati-tui demo --method dpo`: SFT, then DPO on the demo's pairs; the answers' true score (a program)
     rises from the SFT model's."""
@@ -426,7 +428,7 @@ def _unpaired(n):
     return out
 
 
-@pytest.mark.parametrize("source", ["unpaired", "pairs"])
+@pytest.mark.parametrize("source", [pytest.param("unpaired", marks=pytest.mark.slow), "pairs"])
 def test_kto_learns_from_answers_labelled_one_at_a_time(source, tiny_model, tmp_path):
     records = _unpaired(60) if source == "unpaired" else preference_records(30)  # a pair gives one of each
     data = write_jsonl(tmp_path / "kto.jsonl", records)
@@ -453,7 +455,7 @@ def test_kto_rows_with_a_bad_label_stop_before_a_run_folder(tiny_model, tmp_path
     assert f"{path}: line 2, field 'label'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("reference", ["adapters_off", "precomputed"])
+@pytest.mark.parametrize("reference", ["adapters_off", pytest.param("precomputed", marks=pytest.mark.slow)])
 def test_dpo_under_torchrun_two_processes(reference, tiny_model, tmp_path):
     """--nproc-per-node 2 on CPU (gloo): each process takes half the batches, gradients synced by the
     strategy's wrapper; the reference through the wrapper with adapters off, or the cached log-probs."""

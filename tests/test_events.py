@@ -7,6 +7,8 @@ import pytest
 from coati_tui.core import events
 from coati_tui.host import runs
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 
 def test_make_checks_required_fields_and_kinds():
     ev = events.make(

@@ -20,6 +20,8 @@ from coati_tui.core import events, presets, runlock
 from coati_tui.core.errors import disk_full, error_kind
 from coati_tui.core.run_config import RunConfig
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 FULL_FT = ["--batch-size", "4", "--accumulation-steps", "1", "--max-len", "64", "--preset", "lora_naive"]
 FULL_FT += ["--lora-rank", "0", "--max-steps", "3", "--save-interval", "2"]
 

@@ -108,6 +108,7 @@ def test_a_request_names_only_sampling_settings():
         GenerationClient("m", quant="3bit")
 
 
+@pytest.mark.slow  # the loop's logic, not the stack's: CI runs it once
 def test_megabytes_of_stderr_do_not_block_the_answer_and_land_in_the_log(tiny_model, tmp_path, monkeypatch):
     """The bug: bitsandbytes writes a warning per 8-bit matmul on a CPU; nobody read the worker's stderr,
     the pipe filled and the worker blocked inside a warning while its client waited for the answer."""
@@ -139,6 +140,7 @@ def test_a_worker_that_dies_ends_with_a_crash_event_and_its_stderr(tiny_model, t
     client.stop()
 
 
+@pytest.mark.slow  # the loop's logic, not the stack's: CI runs it once
 def test_cli_generate_streams_through_megabytes_of_stderr(tiny_model):
     """`coati-tui generate MODEL --quant 8bit` on a CPU hung forever (see above); the same flood, made on
     purpose, from the CLI: it answers, and the worker's stderr is in ~/coati-tui/logs/generate.log."""

@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import pytest
 from arch_configs import QWEN25_05B
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 CARRY = ROOT / "bench" / "gpu_carry.sh"

@@ -134,6 +134,7 @@ def test_an_rm_run_keeps_its_eval_scores_for_ppo(rm_run):
     assert stats["margin"] == pytest.approx(last_eval["margin"], abs=1e-5)  # the same scores as its last eval
 
 
+@pytest.mark.slow  # the loop's logic, not the stack's: CI runs it once
 def test_ppo_normalizes_reports_and_stops_at_the_first_alarm_keeping_the_checkpoint_before(
     tiny_model, rm_run, tmp_path
 ):
@@ -223,6 +224,7 @@ def test_the_hackable_task_teaches_the_rm_that_shorter_wins(tmp_path):
     assert all(len(chosen) == len(rejected) == 3 for chosen, rejected in pairs(tmp_path / "plain"))
 
 
+@pytest.mark.slow  # the loop's logic, not the stack's: CI runs it once
 def test_grpo_scored_by_a_reward_model_trains_on_its_normalized_scores(tiny_model, rm_run, tmp_path):
     """GRPO with --reward RM shares PPO's shaping: step 1 (the policy still the SFT model, the same seed, so
     the same answers) reports (raw - mean) / std of the RM's eval scores; with reward_normalize off, raw."""

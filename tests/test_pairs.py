@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from coati_tui.data import prefstore
 from coati_tui.host import chats, pairs
+
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
 
 
 class FakeWorker:

@@ -12,6 +12,8 @@ from coati_tui.core import events, plan_search, planner, presets
 from coati_tui.core.modelinfo import Arch
 from coati_tui.core.run_config import RunConfig
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 GIB = 1024**3
 SEVEN_B = ("llama2-7b", "mistral-7b", "qwen2.5-7b")
 

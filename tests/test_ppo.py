@@ -306,7 +306,7 @@ def test_full_finetune_ppo_runs_four_models_and_writes_a_full_model(tiny_model, 
     assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "llama"
 
 
-@pytest.mark.parametrize("layout", ["lean", "four_models"])
+@pytest.mark.parametrize("layout", ["lean", pytest.param("four_models", marks=pytest.mark.slow)])
 def test_ppo_under_torchrun_checkpoint_and_resume(tiny_model, tiny_reward_model, prompts, tmp_path, layout):
     """Two processes (gloo on CPU), each answering its share of the prompts. Memory-lean: adapters on one
     base, gradients averaged by hand. Four models: boosted by the strategy (colossalai's DDP plugin where

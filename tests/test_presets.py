@@ -3,6 +3,8 @@ import pytest
 from coati_tui.core import presets
 from coati_tui.core.presets import PresetError
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 SHIPPED = {"lora_naive", "qlora_naive", "gemini_offload", "gemini_offload_all", "zero2", "zero2_cpu"}
 
 

@@ -2,7 +2,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from coati_tui.core.procenv import child_env
+
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
 
 
 def test_child_env_pins_malloc_and_keeps_the_users_choice():

@@ -11,6 +11,8 @@ from coati_tui.data import prefstore
 from coati_tui.ui.app import CoatiApp
 from coati_tui.ui.screens.rank import RankScreen
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 
 def prompts_file(tmp_path):
     path = tmp_path / "prompts.jsonl"

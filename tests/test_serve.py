@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 

@@ -20,6 +20,8 @@ from coati_tui.ui.app import CoatiApp
 from coati_tui.ui.screens.runs import RunsScreen
 from coati_tui.ui.screens.train import TrainScreen
 
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 FIXED = Path("/tmp/coati-tui-snapshots")
 SIZES = [(80, 24), (160, 48)]
 GIB = 1024**3

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.once  # app/host side: its outcome does not hang on the torch stack (CI: once)
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "coati_tui"
 MAX_LINES = 450
