@@ -1,4 +1,5 @@
-"""Machine profile: GPUs through NVML, CPU and RAM through psutil, stacks from package metadata.
+"""Machine profile: GPUs through NVML (core/nvml.py), CPU and RAM from /proc (psutil elsewhere), stacks from
+package metadata.
 
 Never imports torch (the UI calls this on start-up). No GPU, or no NVML, is a normal answer:
 an empty GPU list.
@@ -6,14 +7,12 @@ an empty GPU list.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from coati_tui.core import paths
 
@@ -59,36 +58,65 @@ class Profile:
 
 def gpus() -> tuple[list[GPU], str | None]:
     """All NVIDIA GPUs NVML sees, in NVML order. ``([], reason)`` when there is no NVML or no GPU."""
+    from coati_tui.core import nvml
+
     try:
-        import pynvml  # from nvidia-ml-py; a thin ctypes binding, cheap to import
-    except ImportError:
-        return [], "nvidia-ml-py is not installed"
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        driver, devices = nvml.devices()
+    except nvml.NVMLError as exc:  # no library (no driver), driver not loaded, ...
         return [], f"NVML unavailable: {exc}"
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        driver = driver.decode() if isinstance(driver, bytes) else driver
-        found = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            name = name.decode() if isinstance(name, bytes) else name
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            found.append(GPU(i, name, int(mem.total), int(mem.free), f"{major}.{minor}", major >= 8, driver))
-        return found, None
-    except Exception as exc:
-        return [], f"NVML error: {exc}"
-    finally:
+    if not devices:
+        return [], "NVML lists no GPU"
+    return [
+        GPU(d.index, d.name, d.total_bytes, d.free_bytes, f"{d.major}.{d.minor}", d.major >= 8, driver) for d in devices
+    ], None
+
+
+@dataclass
+class Dist:
+    """An installed distribution's version and requirements, from its METADATA's header."""
+
+    version: str
+    requires: list[str]
+
+
+def _normalize(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def distributions(names: tuple[str, ...]) -> dict[str, Dist]:
+    """The installed ones of ``names``, found as importlib.metadata finds them (the first ``*.dist-info`` or
+    ``*.egg-info`` on sys.path), without importing it: importlib.metadata brings the email parser, ~10 ms
+    on the path to the app's first frame."""
+    wanted, found = {_normalize(n): n for n in names}, {}
+    for entry in sys.path:
         try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
+            items = list(os.scandir(entry or "."))
+        except OSError:
+            continue
+        for item in items:
+            stem, dot, kind = item.name.rpartition(".")
+            name = _normalize(stem.split("-", 1)[0])
+            if dot and kind in ("dist-info", "egg-info") and name in wanted and wanted[name] not in found:
+                dist = _read_dist(Path(item.path), kind)
+                if dist:
+                    found[wanted[name]] = dist
+    return found
 
 
-def _torch_is_cuda_build(dist: md.Distribution) -> bool:
+def _read_dist(folder: Path, kind: str) -> Dist | None:
+    meta = folder / ("METADATA" if kind == "dist-info" else "PKG-INFO")
+    try:
+        header = meta.read_text(encoding="utf-8", errors="replace").split("\n\n", 1)[0]
+    except OSError:
+        return None
+    fields = [line.split(":", 1) for line in header.splitlines() if ":" in line and not line[:1].isspace()]
+    version = next((v.strip() for k, v in fields if k == "Version"), None)
+    if version is None:
+        return None
+    return Dist(version, [v.strip() for k, v in fields if k == "Requires-Dist"])
+
+
+def _torch_is_cuda_build(dist: Dist) -> bool:
     """CPU wheels carry '+cpu'; CUDA wheels carry '+cuXXX' or depend on nvidia-* runtime packages."""
     version = dist.version
     if "+cpu" in version:
@@ -101,10 +129,10 @@ def _torch_is_cuda_build(dist: md.Distribution) -> bool:
 def stacks() -> dict[str, dict[str, Any]]:
     """``{"torch": {"installed": True, "version": "2.13.0+cpu", "cuda_build": False}, ...}``."""
     out: dict[str, dict[str, Any]] = {}
+    found = distributions(STACK_PACKAGES)
     for name in STACK_PACKAGES:
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
+        dist = found.get(name)
+        if dist is None:
             out[name] = {"installed": False, "version": None}
             continue
         entry: dict[str, Any] = {"installed": True, "version": dist.version}
@@ -121,19 +149,46 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def profile(runs_dir: Path | None = None) -> Profile:
+def _proc_cpu() -> CPU | None:
+    """RAM and cores from /proc (Linux): what psutil reads there, without its ~15 ms import on start-up."""
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        total, avail = (int(meminfo[k].split()[0]) * 1024 for k in ("MemTotal", "MemAvailable"))
+        cores, block = set(), {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
+            if ":" in line:
+                key, value = (part.strip() for part in line.split(":", 1))
+                block[key] = value
+            elif block:  # a blank line ends one logical CPU
+                cores.add((block.get("physical id"), block.get("core id", block.get("processor"))))
+                block = {}
+    except (OSError, KeyError, ValueError):
+        return None
+    threads = os.cpu_count() or 1
+    return CPU(ram_total_bytes=total, ram_available_bytes=avail, cores=len(cores) or threads, threads=threads)
+
+
+def cpu() -> CPU:
+    found = _proc_cpu() if sys.platform.startswith("linux") else None
+    if found:
+        return found
+    import psutil
+
     vm = psutil.virtual_memory()
-    cpu = CPU(
+    return CPU(
         ram_total_bytes=int(vm.total),
         ram_available_bytes=int(vm.available),
         cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         threads=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
     )
+
+
+def profile(runs_dir: Path | None = None) -> Profile:
     disk_path = _existing_parent(runs_dir or paths.runs_dir())
     found, why = gpus()
     return Profile(
         gpus=found,
-        cpu=cpu,
+        cpu=cpu(),
         disk_free_bytes=int(shutil.disk_usage(disk_path).free),
         disk_path=str(disk_path),
         stacks=stacks(),
@@ -158,11 +213,12 @@ def profile_early() -> None:
     _early["thread"].start()
 
 
-def take_early() -> Profile | None:
-    """The profile started by ``profile_early`` (once), else None."""
-    thread = _early.pop("thread", None)
-    if thread is None:
+def take_early(wait: bool = True) -> Profile | None:
+    """The profile started by ``profile_early`` (once), else None; with ``wait=False`` None too while it
+    is still being taken (it stays for a later call)."""
+    thread = _early.get("thread")
+    if thread is None or (not wait and thread.is_alive()):
         return None
-    thread.join()
+    _early.pop("thread").join()
     found: Profile | None = _early.pop("profile", None)
     return found

@@ -93,7 +93,13 @@ class HomeScreen(Screen):
         self.query_one("#model-box").border_title = "Model"
         self.query_one("#plan").border_title = "Plan"
         self.query_one("#plan").focus(scroll_visible=False)  # the screen opens at its top: the machine first
-        self.action_refresh_profile()
+        from coati_tui.core import hardware
+
+        early = hardware.take_early(wait=False)  # started before the app's imports: usually done by now
+        if early:
+            self._profiled(early)  # in the first frame
+        else:
+            self.action_refresh_profile()
 
     @work(thread=True, exclusive=True, group="live")
     def _find_live_run(self) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from coati_tui.host.render import STATUS_STYLE, SYMBOL, method, short_bytes
-
 
 class PlanTable(DataTable):
     DEFAULT_CSS = """
@@ -19,6 +17,8 @@ class PlanTable(DataTable):
         self.presets = {}
 
     def show(self, plan, presets) -> None:
+        from coati_tui.host.render import STATUS_STYLE, SYMBOL, method, short_bytes  # after the first frame
+
         self.plan, self.presets = plan, presets
         self.clear(columns=True)
         stages = list(dict.fromkeys(r.stage for r in plan.rows))
