@@ -195,7 +195,7 @@ async def test_screens_ask_the_app_through_messages(tmp_path):
         assert sft in text_of(home.query_one("#detail"))
 
 
-async def test_the_footer_is_rebuilt_only_when_its_keys_change():
+async def test_the_footer_draws_the_shown_keys_redraws_when_they_change_and_a_click_presses_one():
     from textual.app import App
     from textual.widgets import Static
 
@@ -205,7 +205,10 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change():
         BINDINGS = [Binding("x", "noop", "hidden", show=False)]
 
     class Box(Static, can_focus=True):
-        BINDINGS = [("b", "noop", "Box key")]
+        BINDINGS = [("b", "mark('盒子')", "Box key 盒子")]
+
+        def action_mark(self, what: str) -> None:
+            self.app.marked.append(what)
 
     class Tiny(App):
         BINDINGS = [("q", "quit", "Quit")]
@@ -217,14 +220,20 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change():
             yield KeyFooter()
 
     app = Tiny()
-    async with app.run_test() as pilot:
+    app.marked = []
+    async with app.run_test(size=(60, 10)) as pilot:
         await pilot.pause()
         footer = app.query_one(KeyFooter)
-        first = list(footer.children)
-        assert "Quit" in [k.description for k in first] and "Box key" not in [k.description for k in first]
-        app.query_one("#c").focus()  # a hidden key more: the same key widgets stay
+        line = footer.render().plain
+        assert " q Quit " in line and "Box key" not in line and line.rstrip().endswith("palette")
+        first = footer.drawn
+        app.query_one("#c").focus()  # a hidden key more: what is drawn stays
         await pilot.pause()
-        assert list(footer.children) == first
-        app.query_one("#b").focus()  # a shown key more: rebuilt
+        assert footer.drawn is first
+        app.query_one("#b").focus()  # a shown key more: redrawn with it
         await pilot.pause()
-        assert "Box key" in [k.description for k in footer.children]
+        line = footer.render().plain
+        assert "b Box key 盒子" in line and footer.drawn != first
+        await pilot.click(KeyFooter, offset=(line.index("Box key") + 1, 0))
+        await pilot.pause()
+        assert app.marked == ["盒子"]

@@ -61,33 +61,48 @@ class HomeScreen(Screen):
         yield Header()
         with VerticalScroll(id="home"):
             yield MachinePanel(id="machine")
-            with Vertical(id="model-box"):
-                yield Input(
-                    value="" if self.model == DEMO else self.model,
-                    id="model-input",
-                    compact=True,
-                    placeholder="model folder, run folder or cached hub id (empty: the demo)",
-                    suggester=PathSuggester(dirs_only=True),
-                )
-                yield Static(id="model-info")
-                yield Input(
-                    id="data-input",
-                    compact=True,
-                    suggester=PathSuggester(DATA_SUFFIXES),
-                    placeholder="data for the stage: SFT chats, preference pairs or PPO prompts "
-                    "(.jsonl .json .csv .parquet)",
-                )
-                yield Static(id="data-info", classes="empty")
-                yield Input(
-                    id="reward-input",
-                    compact=True,
-                    suggester=PathSuggester(dirs_only=True),
-                    placeholder="PPO: the reward model (an RM run folder); GRPO: it and/or reward functions "
-                    "(my_rewards.py:fn, exact_answer, format, length)",
-                )
+            yield Vertical(id="model-box", classes="later")  # filled once the machine is drawn (_model_box)
             yield PlanTable(id="plan")
             yield Static(id="detail")
         yield KeyFooter()
+
+    def _model_fields(self) -> ComposeResult:
+        """The Model box: model, data and reward, each with what was found in it."""
+        yield Input(
+            value="" if self.model == DEMO else self.model,
+            id="model-input",
+            compact=True,
+            placeholder="model folder, run folder or cached hub id (empty: the demo)",
+            suggester=PathSuggester(dirs_only=True),
+        )
+        yield Static(id="model-info")
+        yield Input(
+            id="data-input",
+            compact=True,
+            suggester=PathSuggester(DATA_SUFFIXES),
+            placeholder="data for the stage: SFT chats, preference pairs or PPO prompts (.jsonl .json .csv .parquet)",
+        )
+        yield Static(id="data-info", classes="empty")
+        yield Input(
+            id="reward-input",
+            compact=True,
+            suggester=PathSuggester(dirs_only=True),
+            placeholder="PPO: the reward model (an RM run folder); GRPO: it and/or reward functions "
+            "(my_rewards.py:fn, exact_answer, format, length)",
+        )
+
+    def _model_box(self) -> Vertical:
+        """The Model box, its fields mounted on first use: after the frame with the machine, or sooner if
+        a key needs them (the first frame draws the machine without the box's three inputs)."""
+        box = self.query_one("#model-box", Vertical)
+        if box.has_class("later"):
+            box.remove_class("later")
+            box.mount_all(self._model_fields())
+        return box
+
+    def _field(self, selector: str, kind: type[Input] | type[Static] = Input):
+        self._model_box()
+        return self.query_one(selector, kind)
 
     def on_mount(self) -> None:
         self.query_one("#model-box").border_title = "Model"
@@ -126,7 +141,7 @@ class HomeScreen(Screen):
         self._profile()
 
     def action_focus_model(self) -> None:
-        self.query_one("#model-input", Input).focus()
+        self._field("#model-input").focus()
 
     def action_toggle_breakdown(self) -> None:
         self.show_breakdown = not self.show_breakdown
@@ -156,15 +171,15 @@ class HomeScreen(Screen):
             self.notify(plain, title="Copied")
 
     def action_focus_data(self) -> None:
-        self.query_one("#data-input", Input).focus()
+        self._field("#data-input").focus()
 
     def action_runs(self) -> None:
         self.post_message(ShowRuns())
 
     def action_train(self, stage: str) -> None:
         preset = self._highlighted()
-        data = self.query_one("#data-input", Input).value.strip()
-        reward = self.query_one("#reward-input", Input).value.strip()
+        data = self._field("#data-input").value.strip()
+        reward = self._field("#reward-input").value.strip()
         if self.model == DEMO:
             self.notify(
                 "No model chosen: press g to run the demo (SFT -> RM -> PPO on a tiny model), "
@@ -181,7 +196,7 @@ class HomeScreen(Screen):
                 " and/or reward functions (FILE.py:NAME, exact_answer)" if stage == "grpo" else ""
             )
             self.notify(f"{stage.upper()} needs a reward: {need}.", severity="warning")
-            self.query_one("#reward-input", Input).focus()
+            self._field("#reward-input").focus()
             return
         self._start(stage, self.model, data, preset, reward if stage in ("ppo", "grpo") else "")
 
@@ -201,12 +216,12 @@ class HomeScreen(Screen):
     def prefill(self, model: str, reward: str = "", hint: str = "", data: str = "", then: str = "") -> None:
         """Set up the next stage from an earlier run's output (the Runs screen's "next stage"); ``then``
         (a stage) starts it with the planner's pick once the plan is made (the Rank pane's "train RM")."""
-        self.query_one("#model-input", Input).value = model
-        self.query_one("#reward-input", Input).value = reward
-        self.query_one("#data-input", Input).value = data
+        self._field("#model-input").value = model
+        self._field("#reward-input").value = reward
+        self._field("#data-input").value = data
         self.model, self.then = model, then
         self._plan()
-        self.query_one("#data-input", Input).focus()
+        self._field("#data-input").focus()
         if hint:
             self.notify(hint, title="Next stage", timeout=10)
 
@@ -285,7 +300,7 @@ class HomeScreen(Screen):
         from textual.css.query import NoMatches
 
         try:
-            info = self.query_one("#data-info", Static)
+            info = self._field("#data-info", Static)
         except NoMatches:  # the check finished as the screen closed (the app quitting): nothing to show
             return
         info.update(text)
@@ -317,6 +332,7 @@ class HomeScreen(Screen):
     def _machine_drawn(self) -> None:
         """After the frame with the machine: the plan (the planner and presets load then) and, once, the
         look for a run that kept training. (Textual's call_after_refresh can run before the first frame.)"""
+        self._model_box()
         self._plan()
         if not self.looked_for_live:
             self.looked_for_live = True
@@ -341,14 +357,14 @@ class HomeScreen(Screen):
         self.app.call_from_thread(self._planned, result, loaded)
 
     def _plan_failed(self, message: str) -> None:
-        self.query_one("#model-info", Static).update(Text(message, style="red"))
+        self._field("#model-info", Static).update(Text(message, style="red"))
         self.query_one("#plan", PlanTable).clear(columns=True)
         self.query_one("#detail", Static).update("")
 
     def _planned(self, result, loaded) -> None:
         name = "built-in demo (tiny Llama)" if self.model == DEMO else self.model
         exact = "" if result.exact_params else " (unknown family, counted as Llama)"
-        self.query_one("#model-info", Static).update(
+        self._field("#model-info", Static).update(
             f"{name}: {result.model_type}, {fmt_count(result.params)} parameters{exact}"
         )
         self.query_one("#plan", PlanTable).show(result, loaded)
@@ -371,8 +387,8 @@ class HomeScreen(Screen):
         rows = self.query_one("#plan", PlanTable).rows_for(preset)
         return headless_commands(
             self.model,
-            self.query_one("#data-input", Input).value.strip(),
-            self.query_one("#reward-input", Input).value.strip(),
+            self._field("#data-input").value.strip(),
+            self._field("#reward-input").value.strip(),
             preset,
             to_flags(self._valid_overrides(preset)) if self.model != DEMO else [],
             {r.stage: to_flags(r.overrides) for r in rows if r.fits and r.changes},
