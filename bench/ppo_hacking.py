@@ -11,6 +11,7 @@ after, the answer length, the KL, each alarm with its step, and the first eval (
 that shows a collapse: a true score under half the SFT model's.
 
     python bench/ppo_hacking.py --seeds 0 1 2 3 4 [--steps 60] [--short-chosen 1.0] [--shortcut 0]
+    python bench/ppo_hacking.py --setting "t1=--kl-target 1" --setting defaults   # a sweep: these settings only
 """
 
 from __future__ import annotations
@@ -65,10 +66,15 @@ def prepare(folder: Path, seed: int, shortcut: float, short_chosen: float) -> di
     from coati_tui.trainer.tiny import CORPUS, build_tiny_model
 
     files = task.write_task(folder / "data", seed, shortcut=shortcut, short_chosen=short_chosen)
+    done = folder / "rm" / "DONE"
+    made = f"shortcut {shortcut} short_chosen {short_chosen}\n"
+    if done.exists() and done.read_text() == made:  # a kept folder of an earlier sweep: same SFT and RM
+        return files
     corpus = task.corpus() + CORPUS + list(task.SHORTCUT.values())
     build_tiny_model(folder / "model", corpus=corpus, vocab_size=512, hidden=64, layers=2, seed=seed)
     stage("sft", str(folder / "model"), files["sft"], folder / "sft", seed)
     stage("rm", str(folder / "sft"), files["prefs"], folder / "rm", seed)
+    done.write_text(made)
     return files
 
 
@@ -108,6 +114,17 @@ def ppo(folder: Path, files: dict[str, Path], seed: int, steps: int, name: str, 
     }
 
 
+SETTINGS = {"defaults": (), "kl_off": ("--kl-coef", "0", "--kl-target", "0")}
+
+
+def parse_setting(text: str) -> tuple[str, tuple[str, ...]]:
+    """``name=--flag value ...``: a named setting; ``kl_off`` alone is the built-in one."""
+    name, _, flags = text.partition("=")
+    if not flags and name in SETTINGS:
+        return name, SETTINGS[name]
+    return name, tuple(flags.split())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -115,7 +132,15 @@ def main() -> None:
     ap.add_argument("--shortcut", type=float, default=0.0, help="share of SFT answers that are a bare '42.'")
     ap.add_argument("--short-chosen", type=float, default=1.0, help="share of pairs whose chosen answer is shorter")
     ap.add_argument("--keep", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    ap.add_argument(
+        "--setting",
+        action="append",
+        default=None,
+        metavar="NAME=FLAGS",
+        help="a PPO run per seed with these extra flags (repeatable; default: defaults= and kl_off)",
+    )
     args = ap.parse_args()
+    settings = dict(parse_setting(s) for s in args.setting) if args.setting else dict(SETTINGS)
     root = args.keep or Path(tempfile.mkdtemp(prefix="ppo-hacking-"))
     print(f"# {__doc__.splitlines()[0]}")
     print(f"# shortcut {args.shortcut}, short_chosen {args.short_chosen}, {args.steps} PPO steps, runs in {root}")
@@ -123,11 +148,11 @@ def main() -> None:
     for seed in args.seeds:
         folder = root / f"seed-{seed}"
         files = prepare(folder, seed, args.shortcut, args.short_chosen)
-        for name, extra in (("defaults", ()), ("kl_off", ("--kl-coef", "0", "--kl-target", "0"))):
+        for name, extra in settings.items():
             row = {"seed": seed, "setting": name, **ppo(folder, files, seed, args.steps, f"ppo-{name}", *extra)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    for name in ("defaults", "kl_off"):
+    for name in settings:
         mine = [r for r in rows if r["setting"] == name]
         gains = sum(r["true_after"] > r["true_before"] for r in mine)
         early = sum(

@@ -184,7 +184,7 @@ STAGES = {
             "ppo.temperature": 0.7,
             "ppo.ppo_epochs": 2,
             "ppo.max_new_tokens": 24,
-            "ppo.kl_coef": 0.1,
+            "ppo.kl_coef": 0.3,  # the start of the adaptive KL: 0.1 lost the gain in 4/5 seeds (bench/ppo_hacking.py)
             "ppo.ptx_coef": 0.05,
             "ppo.critic_lr": 2e-3,
             "ppo.sample_every": 2,
