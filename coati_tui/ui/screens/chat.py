@@ -17,11 +17,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, Markdown, Select, Static
+from textual.widgets import Header, Input, Label, Markdown, Select, Static
 
 from coati_tui.core.units import fmt_bytes
 from coati_tui.host.chats import chats_dir, worker_log
 from coati_tui.host.gen_client import GenerationClient, stop
+from coati_tui.ui.widgets.footer import KeyFooter
 from coati_tui.ui.widgets.path_input import PathSuggester
 
 SAMPLING = (
@@ -96,7 +97,7 @@ class ChatScreen(Screen):
                     yield Label(name.replace("_", " "))
                     yield Input(str(default), id=f"chat-{name}", compact=True)
         yield Input(id="chat-input", placeholder="your message; enter sends")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#chat-log").border_title = "Chat"

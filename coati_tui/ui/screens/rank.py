@@ -25,7 +25,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from coati_tui.data import prefstore
 from coati_tui.data.formats import DataError, load_prompts
@@ -33,6 +33,7 @@ from coati_tui.host.chats import chat_prompts
 from coati_tui.host.gen_client import GenerationClient
 from coati_tui.host.pairs import AHEAD, PairWriter, default_annotator, default_store, worker_log
 from coati_tui.ui.screens.rank_loop import RankLoop
+from coati_tui.ui.widgets.footer import KeyFooter
 from coati_tui.ui.widgets.path_input import PathSuggester
 
 WIDE = 100  # columns from which the answers sit side by side
@@ -131,7 +132,7 @@ class RankScreen(RankLoop, Screen):
                 yield Static("", id="rank-b")
         yield Input(id="rank-note", compact=True, placeholder="n: a note for the next judgment")
         yield Input(id="rank-typed", compact=True, placeholder="type a prompt; enter puts it next in line")
-        yield Footer()
+        yield KeyFooter()
 
     def _latest_model(self) -> str:
         from coati_tui.host import runs
