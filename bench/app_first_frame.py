@@ -15,6 +15,10 @@ The kinds run in rotation, each taking each place in turn, so that drift in the 
 the figures are medians of ``-n`` samples each and their ratio to bare (goal: app <= 1.3x bare).
 ``--compare DIR`` times a second checkout the same way, in the same rotation (bare, DIR, this one): a
 before/after in one run, e.g. ``git worktree add /tmp/before HEAD`` then ``--compare /tmp/before``.
+Both trees' coati_tui is byte-compiled first (``compileall``), as pip does when it installs a wheel and as
+Python does on a first start: Textual's modules come compiled from its wheel, and where the environment sets
+PYTHONDONTWRITEBYTECODE (as these sandboxes do) an editable checkout would otherwise be compiled from source
+on every start, which is not what a user's second start costs.
 ``--imports`` also prints which coati_tui / textual_plotext / markdown modules the app had imported
 by its first frame (what a lazy import could still take off it).
 """
@@ -104,6 +108,9 @@ def main() -> None:
     os.environ.setdefault("COATI_TUI_HOME", tempfile.mkdtemp())  # no runs to re-attach, no user presets
     kinds = {"bare": (BARE, ""), **({"compare": (APP, args.compare)} if args.compare else {}), "app": (APP, "")}
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for tree in {here, args.compare or here}:  # as an installed wheel or a second start has them
+        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "coati_tui")], check=True)
     for code, tree in kinds.values():  # warm the file cache for each before timing
         sample(code, tree=tree)
     order = list(kinds)
