@@ -228,3 +228,55 @@ def test_reward_specs_are_made_absolute_as_the_trainer_reads_them(tmp_path, monk
     assert _abs_spec("length=0.2") == "length=0.2"
     (tmp_path / "rm").mkdir()
     assert split_rewards("rm, r.py:f exact_answer") == ("rm", ["r.py:f", "exact_answer"])
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_a_groups_prompt_run_once_gives_the_same_logits_and_gradients(kind):
+    """layout.answer_hidden with group G: each prompt through the decoder once, its KV cache repeated for
+    its G answers, against every row run whole: the same hidden states and the same LoRA gradients,
+    with left padding (prompts of different lengths) and answers of different lengths."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from coati_tui.trainer.ppo.layout import answer_hidden
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        kind,
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = get_peft_model(
+        AutoModelForCausalLM.from_config(cfg),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+    )
+    for p in model.parameters():  # LoRA's B starts at 0: give the adapters something to differentiate
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    decoder = model.get_base_model().get_decoder()
+    G, P, T = 3, 6, 5
+    prompts = [torch.randint(1, 97, (n,)) for n in (6, 3)]  # the second is left-padded by 3
+    ids = torch.zeros(len(prompts) * G, P + T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, pr in enumerate(prompts):
+        for j in range(G):
+            r, n = i * G + j, int(torch.randint(1, T + 1, ()))
+            ids[r, P - len(pr) : P], mask[r, P - len(pr) : P] = pr, 1
+            ids[r, P : P + n], mask[r, P : P + n] = torch.randint(1, 97, (n,)), 1
+    weight = torch.randn(len(prompts) * G, T, 32)
+    got = {}
+    for group in (1, G):
+        model.zero_grad()
+        h = answer_hidden(decoder, ids, mask, P, T, group)
+        (h * weight * mask[:, P:, None]).sum().backward()
+        got[group] = h.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    live = mask[:, P:].bool()  # columns past an answer's end are padding: nobody reads them
+    assert torch.allclose(got[1][0][live], got[G][0][live], atol=1e-5)
+    for name, grad in got[1][1].items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(grad, got[G][1][name], atol=1e-4, rtol=1e-4), (name, (grad - got[G][1][name]).abs().max())

@@ -165,6 +165,7 @@ class GRPO(Recipe):
                 score=bool(self.cfg.reward),
                 ref=g.beta > 0,
                 old=not self.on_policy(len(rows)),
+                group=group_size,
             )
         texts = exp.texts(self.tokenizer)
         prompts = [messages[-1]["content"] for messages, _, _ in rows]
@@ -219,11 +220,10 @@ class GRPO(Recipe):
         n, max_ratio = 0, 1.0
         for _ in range(g.updates_per_rollout):
             for grp in groups:
-                exp, B, T = grp.exp, grp.exp.ids.shape[0], grp.exp.resp.shape[1]
-                perm = torch.randperm(B)
-                for i in range(0, B, mb):
-                    idx = perm[i : i + mb].to(exp.ids.device)
-                    logits = self.models.logits("actor", exp.ids[idx], exp.mask[idx], exp.start, T)
+                exp, T = grp.exp, grp.exp.resp.shape[1]
+                for idx, run in _minibatches(exp.ids.shape[0], exp.group, mb):
+                    idx = idx.to(exp.ids.device)
+                    logits = self.models.logits("actor", exp.ids[idx], exp.mask[idx], exp.start, T, run)
                     logp_all = torch.log_softmax(logits, -1)
                     del logits
                     logp = logp_all.gather(-1, exp.resp[idx].unsqueeze(-1)).squeeze(-1)
@@ -337,6 +337,19 @@ class GRPO(Recipe):
             "reward_functions": [{"name": f.name, "weight": f.weight, "source": f.source} for f in self.fns],
             "reward_model": self.cfg.reward,
         }
+
+
+def _minibatches(rows: int, group: int, size: int) -> list[tuple[Any, int]]:
+    """A shuffled epoch of ``rows`` in mini-batches of ``size``: (row indices, run). Where ``size`` holds
+    whole groups, whole groups are shuffled (each mini-batch keeps a prompt's answers together, so its
+    forward runs the prompt once: run = ``group``); otherwise rows are, with run 1."""
+    import torch
+
+    if group > 1 and size % group == 0 and rows % group == 0:
+        order = (torch.randperm(rows // group)[:, None] * group + torch.arange(group)).flatten()
+        return [(order[i : i + size], group) for i in range(0, rows, size)]
+    order = torch.randperm(rows)
+    return [(order[i : i + size], 1) for i in range(0, rows, size)]
 
 
 def _drop_tied(grp: Group, group_size: int) -> Group:

@@ -29,8 +29,9 @@ class Layout(Protocol):
     def generate(self, ids: Any, mask: Any, gen_config: Any, reference: bool = False) -> Any:
         """The actor's answers (B, P+T') to left-padded prompts (B, P); ``reference``: the SFT model's."""
 
-    def logits(self, which: str | None, ids: Any, mask: Any, start: int, width: int) -> Any:
-        """(B, T, V) next-token logits over the answer / temperature; ``which`` None = the reference."""
+    def logits(self, which: str | None, ids: Any, mask: Any, start: int, width: int, group: int = 1) -> Any:
+        """(B, T, V) next-token logits over the answer / temperature; ``which`` None = the reference.
+        ``group`` > 1: rows come in runs of ``group`` that share one prompt (GRPO), run once (``answer_hidden``)."""
 
     def actor_forward(self, ids: Any, mask: Any, start: int, width: int, ptx: Any) -> tuple[Any, Any]:
         """The actor's (B, T, V) logits and, in the same forward, the PTX loss on batch ``ptx`` (or None)."""
@@ -58,6 +59,52 @@ class Layout(Protocol):
 
 def positions(mask):
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _cache_arg(decoder: Any) -> str:
+    """The decoder's name for a KV cache passed in: ``cache`` from transformers 5.2x, else ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def answer_hidden(decoder: Any, ids: Any, mask: Any, start: int, width: int, group: int = 1) -> Any:
+    """(B, width, H): the decoder's last hidden states at columns start-1 .. start+width-2, the ones that
+    predict the answer's tokens. ``group`` > 1: rows come in runs of ``group`` with the same prompt (GRPO's G
+    answers to a prompt), so the prompt columns go through the decoder once per run and their KV cache is
+    repeated for the run's answers: the same numbers (causal attention: a prompt token never sees an answer),
+    and the gradient reaches the prompt's LoRA weights from all G answers as before. With G = 8 and prompts
+    longer than answers this skips most of a forward. Dropout, if any, then draws one mask per prompt, not
+    one per copy. Under gradient checkpointing in training transformers turns the cache off, so that case
+    (and ``group`` 1) runs the rows whole."""
+    pos = positions(mask)
+    if group <= 1 or (decoder.training and getattr(decoder, "gradient_checkpointing", False)):
+        h = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+        return h[:, start - 1 : start - 1 + width]
+    if ids.shape[0] % group:
+        raise ValueError(f"{ids.shape[0]} rows do not come in groups of {group}")
+    prompt = decoder(
+        input_ids=ids[::group, :start],
+        attention_mask=mask[::group, :start],
+        position_ids=pos[::group, :start],
+        use_cache=True,
+    )
+    cache = prompt.cache if "cache" in prompt else prompt.past_key_values  # transformers 5.2x renamed it
+    cache.batch_repeat_interleave(group)  # differentiable: each copy's gradient flows back to the prompt's K/V
+    last = prompt.last_hidden_state[:, -1:].repeat_interleave(group, 0)
+    if width == 1:
+        return last
+    end = start + width - 1
+    rest = decoder(
+        input_ids=ids[:, start:end],
+        attention_mask=mask[:, :end],
+        position_ids=pos[:, start:end],
+        use_cache=True,
+        **{_cache_arg(decoder): cache},
+    ).last_hidden_state
+    import torch
+
+    return torch.cat([last, rest], 1)
 
 
 def same_path(a: str | Path, b: str | Path) -> bool:

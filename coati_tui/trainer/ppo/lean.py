@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from coati_tui.core.errors import ConfigError
-from coati_tui.trainer.ppo.layout import ADAPTERS, positions, shared_reward_adapter, sync_grads
+from coati_tui.trainer.ppo.layout import ADAPTERS, answer_hidden, positions, shared_reward_adapter, sync_grads
 
 
 class Lean:
@@ -140,9 +140,15 @@ class Lean:
         with ctx:
             return decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
 
-    def logits(self, adapter: str | None, ids, mask, start: int, width: int):
+    def logits(self, adapter: str | None, ids, mask, start: int, width: int, group: int = 1):
         """Next-token logits (temperature applied) predicting columns start..start+width-1."""
-        h = self.hidden(adapter, ids, mask)[:, start - 1 : start - 1 + width]
+        import contextlib
+
+        ctx = self.model.disable_adapter() if adapter is None else contextlib.nullcontext()
+        if adapter is not None:
+            self.model.set_adapter(adapter)
+        with ctx:
+            h = answer_hidden(self.inner.get_decoder(), ids, mask, start, width, group)
         return self.inner.get_output_embeddings()(h).float() / self.temperature
 
     def values(self, ids, mask, start: int, width: int):

@@ -31,6 +31,7 @@ class Experience:
     adv: Any = None  # (B, T) float: GAE advantages (whitened when the preset says so)
     returns: Any = None  # (B, T) float: advantages + values
     raw_score: Any = None  # (B,) float: the reward model's own scores, before guard.Shaper
+    group: int = 1  # rows come in runs of this many with the same prompt (GRPO's G; layout.answer_hidden)
 
     @property
     def answer_tokens(self) -> float:
@@ -104,12 +105,15 @@ class Rollout:
         score: bool = True,
         ref: bool = True,
         old: bool = True,
+        group: int = 1,
     ) -> Experience:
         """A rollout of ``prompt_ids`` (GRPO repeats each prompt G times). ``values``: the critic's values
         and GAE (PPO); ``score``: the reward model's scores (else 0: GRPO's reward functions score the
         texts); ``ref``: the reference's log-probs (else the actor's: no KL, no reference pass); ``old``:
         the actor's at sampling time (GRPO with one update over the whole rollout skips this pass and takes
-        them from its training forward: the same weights; ``logp`` and the KL terms are then None)."""
+        them from its training forward: the same weights; ``logp`` and the KL terms are then None);
+        ``group``: ``prompt_ids`` come in runs of this many copies of one prompt, whose log-prob passes then
+        run each prompt once."""
         import torch
 
         from coati_tui.trainer.ppo import math as M
@@ -125,8 +129,8 @@ class Rollout:
         resp = torch.where(rmask > 0, resp, torch.full_like(resp, self.pad_id))
         full = torch.cat([ids, resp], 1)
         mask = torch.cat([pmask, rmask.long()], 1)
-        logp = M.gather_logprobs(self.models.logits("actor", full, mask, width, T), resp) if old else None
-        ref_logp = M.gather_logprobs(self.models.logits(None, full, mask, width, T), resp) if ref else logp
+        logp = M.gather_logprobs(self.models.logits("actor", full, mask, width, T, group), resp) if old else None
+        ref_logp = M.gather_logprobs(self.models.logits(None, full, mask, width, T, group), resp) if ref else logp
         last = width + M.last_index(rmask)
         raw = self.models.scores(full, mask, last).float() if score else torch.zeros(len(prompt_ids))
         scores = self.shaper.shape(raw, rmask.sum(-1).to(raw.device)) if self.shaper and score else raw
@@ -144,6 +148,7 @@ class Rollout:
             k3=k3,
             gen_s=gen_s,
             raw_score=raw.to(resp.device),
+            group=group,
         )
         if values:
             v = self.models.values(full, mask, width, T) * rmask

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coati_tui.core.errors import ConfigError
-from coati_tui.trainer.ppo.layout import ADAPTERS, positions
+from coati_tui.trainer.ppo.layout import ADAPTERS, answer_hidden, positions
 
 
 def _decoder_hidden(model, ids, mask):
@@ -19,9 +19,10 @@ def _decoder_hidden(model, ids, mask):
     return inner, decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
 
 
-def _task_logits(model, ids, mask, start: int, width: int, temperature: float):
-    inner, h = _decoder_hidden(model, ids, mask)
-    return inner.get_output_embeddings()(h[:, start - 1 : start - 1 + width]).float() / temperature
+def _task_logits(model, ids, mask, start: int, width: int, temperature: float, group: int = 1):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = answer_hidden(getattr(inner, inner.base_model_prefix), ids, mask, start, width, group)
+    return inner.get_output_embeddings()(h).float() / temperature
 
 
 def _task_train(model, ids, mask, start: int, width: int, temperature: float, ptx=None):
@@ -133,8 +134,8 @@ class Separate:
         self.critic, c_opt, _ = strategy.boost(self.critic, c_opt, None)
         self.opts = {"actor": a_opt, "critic": c_opt}
 
-    def logits(self, which: str | None, ids, mask, start: int, width: int):
-        kw = dict(ids=ids, mask=mask, start=start, width=width, temperature=self.temperature)
+    def logits(self, which: str | None, ids, mask, start: int, width: int, group: int = 1):
+        kw = dict(ids=ids, mask=mask, start=start, width=width, temperature=self.temperature, group=group)
         return self.actor(task="logits", **kw) if which == "actor" else self.ref.run("logits", **kw)
 
     def actor_forward(self, ids, mask, start: int, width: int, ptx):
