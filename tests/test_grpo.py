@@ -234,7 +234,8 @@ def test_reward_specs_are_made_absolute_as_the_trainer_reads_them(tmp_path, monk
 def test_a_groups_prompt_run_once_gives_the_same_logits_and_gradients(kind):
     """layout.answer_hidden with group G: each prompt through the decoder once, its KV cache repeated for
     its G answers, against every row run whole: the same hidden states and the same LoRA gradients,
-    with left padding (prompts of different lengths) and answers of different lengths."""
+    with left padding (prompts of different lengths) and answers of different lengths; and generate from
+    the prompts' cache so made (layout.prefilled) gives the answers generate gives from the prompts alone."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -275,6 +276,22 @@ def test_a_groups_prompt_run_once_gives_the_same_logits_and_gradients(kind):
         h = answer_hidden(decoder, ids, mask, P, T, group)
         (h * weight * mask[:, P:, None]).sum().backward()
         got[group] = h.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    # generate from a cache of each prompt run once: the same answers, greedy and sampled under one seed
+    from transformers import GenerationConfig
+
+    from coati_tui.trainer.ppo.layout import prefilled
+
+    pids, pmask = ids[:, :P], mask[:, :P]
+    for sample in (False, True):
+        gen = GenerationConfig(do_sample=sample, top_k=0, max_new_tokens=6, pad_token_id=0, eos_token_id=None)
+        outs = []
+        for group in (1, G):
+            torch.manual_seed(1)
+            with torch.no_grad():
+                cache = prefilled(decoder, pids, pmask, group)
+                outs.append(model.generate(input_ids=pids, attention_mask=pmask, generation_config=gen, **cache))
+        assert (group == G and cache) and outs[0].shape == (len(prompts) * G, P + 6)
+        assert torch.equal(outs[0], outs[1]), sample
     live = mask[:, P:].bool()  # columns past an answer's end are padding: nobody reads them
     assert torch.allclose(got[1][0][live], got[G][0][live], atol=1e-5)
     for name, grad in got[1][1].items():

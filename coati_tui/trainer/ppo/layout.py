@@ -26,8 +26,9 @@ class Layout(Protocol):
     def setup(self, strategy: Any, preset: Any, pp: Any) -> None:
         """Optimizers (and the strategy's wrappers) for actor and critic."""
 
-    def generate(self, ids: Any, mask: Any, gen_config: Any, reference: bool = False) -> Any:
-        """The actor's answers (B, P+T') to left-padded prompts (B, P); ``reference``: the SFT model's."""
+    def generate(self, ids: Any, mask: Any, gen_config: Any, reference: bool = False, group: int = 1) -> Any:
+        """The actor's answers (B, P+T') to left-padded prompts (B, P); ``reference``: the SFT model's;
+        ``group``: rows in runs of that many copies of one prompt, prefilled once (``prefilled``)."""
 
     def logits(self, which: str | None, ids: Any, mask: Any, start: int, width: int, group: int = 1) -> Any:
         """(B, T, V) next-token logits over the answer / temperature; ``which`` None = the reference.
@@ -89,7 +90,7 @@ def answer_hidden(decoder: Any, ids: Any, mask: Any, start: int, width: int, gro
         position_ids=pos[::group, :start],
         use_cache=True,
     )
-    cache = prompt.cache if "cache" in prompt else prompt.past_key_values  # transformers 5.2x renamed it
+    cache = prompt.cache if "cache" in prompt else prompt.past_key_values  # the name before transformers 5.2x
     cache.batch_repeat_interleave(group)  # differentiable: each copy's gradient flows back to the prompt's K/V
     last = prompt.last_hidden_state[:, -1:].repeat_interleave(group, 0)
     if width == 1:
@@ -105,6 +106,27 @@ def answer_hidden(decoder: Any, ids: Any, mask: Any, start: int, width: int, gro
     import torch
 
     return torch.cat([last, rest], 1)
+
+
+def prefilled(decoder: Any, ids: Any, mask: Any, group: int) -> dict[str, Any]:
+    """``generate``'s keyword for a KV cache of the prompts' first P-1 columns, each prompt run once for its
+    run of ``group`` copies and the cache repeated: generate then feeds only the last prompt column and
+    goes on decoding as before (transformers restarts from a cache whose length the mask and ids exceed).
+    Empty (generate prefills every row itself) for ``group`` 1."""
+    if group <= 1 or ids.shape[1] < 2 or ids.shape[0] % group:
+        return {}
+    import torch
+
+    with torch.no_grad():
+        out = decoder(
+            input_ids=ids[::group, :-1],
+            attention_mask=mask[::group, :-1],
+            position_ids=positions(mask[::group, :-1]),
+            use_cache=True,
+        )
+    cache = out.cache if "cache" in out else out.past_key_values
+    cache.batch_repeat_interleave(group)
+    return {_cache_arg(decoder): cache}
 
 
 def same_path(a: str | Path, b: str | Path) -> bool:

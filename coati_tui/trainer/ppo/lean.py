@@ -10,7 +10,14 @@ import json
 from pathlib import Path
 
 from coati_tui.core.errors import ConfigError
-from coati_tui.trainer.ppo.layout import ADAPTERS, answer_hidden, positions, shared_reward_adapter, sync_grads
+from coati_tui.trainer.ppo.layout import (
+    ADAPTERS,
+    answer_hidden,
+    positions,
+    prefilled,
+    shared_reward_adapter,
+    sync_grads,
+)
 
 
 class Lean:
@@ -167,12 +174,15 @@ class Lean:
         h = self.hidden("reward", ids, mask)[rows, last]
         return self.reward_head(h.float()).squeeze(-1)
 
-    def generate(self, ids, mask, gen_config, reference: bool = False):
-        if reference:  # the SFT model: the base with every adapter off
-            with self.model.disable_adapter():
-                return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
-        self.model.set_adapter("actor")
-        return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+    def generate(self, ids, mask, gen_config, reference: bool = False, group: int = 1):
+        import contextlib
+
+        ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()  # reference: the SFT model
+        if not reference:
+            self.model.set_adapter("actor")
+        with ctx:
+            cache = prefilled(self.inner.get_decoder(), ids, mask, group)
+            return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config, **cache)
 
     def train(self, on: bool) -> None:
         self.model.train(on)

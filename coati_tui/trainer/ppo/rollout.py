@@ -120,7 +120,7 @@ class Rollout:
 
         ids, pmask, width = self._prompts(prompt_ids)
         t0 = time.perf_counter()
-        out = self.models.generate(ids, pmask, self.gen_config)
+        out = self.models.generate(ids, pmask, self.gen_config, group=group)
         gen_s = time.perf_counter() - t0
         resp = out[:, width:]
         rmask = M.response_mask(resp, self.stop_ids, self.pad_id)

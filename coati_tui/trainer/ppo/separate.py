@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coati_tui.core.errors import ConfigError
-from coati_tui.trainer.ppo.layout import ADAPTERS, answer_hidden, positions
+from coati_tui.trainer.ppo.layout import ADAPTERS, answer_hidden, positions, prefilled
 
 
 def _decoder_hidden(model, ids, mask):
@@ -45,8 +45,10 @@ def _task_scores(model, ids, mask, last):
     return inner.score(h[torch.arange(ids.shape[0], device=ids.device), last]).float().squeeze(-1)
 
 
-def _task_generate(model, ids, mask, gen_config):
-    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+def _task_generate(model, ids, mask, gen_config, group: int = 1):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache = prefilled(getattr(inner, inner.base_model_prefix), ids, mask, group)
+    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config, **cache)
 
 
 TASKS = {
@@ -149,10 +151,10 @@ class Separate:
     def scores(self, ids, mask, last):
         return self.rm.run("scores", ids=ids, mask=mask, last=last)
 
-    def generate(self, ids, mask, gen_config, reference: bool = False):
+    def generate(self, ids, mask, gen_config, reference: bool = False, group: int = 1):
         if reference:
-            return self.ref.run("generate", ids=ids, mask=mask, gen_config=gen_config)
-        return self.actor(task="generate", ids=ids, mask=mask, gen_config=gen_config)
+            return self.ref.run("generate", ids=ids, mask=mask, gen_config=gen_config, group=group)
+        return self.actor(task="generate", ids=ids, mask=mask, gen_config=gen_config, group=group)
 
     def train(self, on: bool) -> None:
         self.actor.train(on)
