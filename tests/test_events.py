@@ -166,3 +166,23 @@ def test_a_new_stage_is_one_row(monkeypatch):
     assert events.describe(step).startswith("loss 0.432 · margin +0.25 · ")
     assert events.describe(step, stage="dpo") == events.describe(step)
     assert events.describe(_step(), stage="sft").startswith("loss 0.4321 ·")  # the others read as before
+
+
+def test_the_health_panel_follows_the_stage_and_without_one_the_step_views_table():
+    """One table says what each stage's steps carry (events.STEP_VIEWS): the Train screen's panel picks a
+    stage's health from it, by the start event's stage, else by the step's own fields."""
+    from coati_tui.ui.widgets import health
+
+    base = {"step": 3, "total_steps": 9, "tokens_per_s": 120.0, "samples_per_s": 2.0, "eta_s": 5, "cpu_rss": 2**20}
+    grpo = {**base, "loss": 0.1, "lr": 1e-4, "reward_mean": 0.5, "tied_frac": 0.75, "kl": 0.01, "reward/奖励": 0.2}
+    for stage in ("grpo", None):
+        text = health.panel(grpo, stage=stage).plain
+        assert "tied 75%" in text and "奖励 +0.200" in text, stage
+    # the same fields under a stage with no panel of its own read as loss only
+    assert "tied" not in health.panel(grpo, stage="sft").plain
+    assert "loss 0.1000 · lr 1.00e-04" in health.panel(grpo, stage="sft").plain
+    kto = {**base, "loss": 0.3, "lr": 1e-4, "reward_desirable": 0.4, "reward_undesirable": -0.2}
+    assert (
+        "good +0.400 · bad -0.200" in health.panel(kto, [{"kind": "k", "step": 2, "message": "m", "hint": "h"}]).plain
+    )
+    assert "ALARM k @ 2" in health.panel(kto, [{"kind": "k", "step": 2, "message": "m", "hint": "h"}], "kto").plain

@@ -192,6 +192,13 @@ class StepView:
 
 STEP_VIEWS: tuple[StepView, ...] = (
     StepView(
+        "grpo",
+        "tied_frac",
+        "reward_mean",
+        "reward (mean per step)",
+        "reward {reward_mean:+.3f} ± {reward_std:.3f} · tied {tied_frac:.0%} · KL {kl:.4f} · clip {clip_frac:.2f}",
+    ),  # before PPO: its steps carry PPO's marker too
+    StepView(
         "ppo", "reward_mean", "reward_mean", "reward (mean per rollout)", "reward {reward_mean:+.3f} · KL {kl:.3f}"
     ),
     StepView(
@@ -215,13 +222,7 @@ STEP_VIEWS: tuple[StepView, ...] = (
         "loss (KTO)",
         "loss {loss:.4f} · reward good {reward_desirable:+.3f} / bad {reward_undesirable:+.3f} · KL {kl:.3f}",
     ),
-    StepView(
-        "grpo",
-        "tied_frac",
-        "reward_mean",
-        "reward (mean per step)",
-        "reward {reward_mean:+.3f} ± {reward_std:.3f} · tied {tied_frac:.0%} · KL {kl:.4f} · clip {clip_frac:.2f}",
-    ),  # a new stage is one more row here, above the catch-all
+    # a new stage is one more row here, above the catch-all
     StepView("", "loss", "loss", "loss", "loss {loss:.4f}"),  # sft, rm and any stage without a row
 )
 

@@ -204,7 +204,7 @@ class TrainScreen(Screen):
             self.status = "running" if self.status == "waiting" else self.status
             self.query_one(ProgressBar).update(progress=last_step["step"])
             self.query_one(MemoryPanel).show(last_step)
-            self.query_one("#speed", Static).update(health.panel(last_step, self.alarms))
+            self.query_one("#speed", Static).update(health.panel(last_step, self.alarms, self.stage))
         self._plot_dirty = True
         if time.monotonic() - self._plot_drawn >= PLOT_EVERY_S:
             self._redraw()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from coati_tui.core import events
 from coati_tui.core.units import fmt_bytes
 
 
@@ -60,10 +61,12 @@ def _grpo_health(text: Text, ev: dict) -> Text:
     return text
 
 
-def panel(ev: dict, alarms: list[dict] | None = None) -> Text:
-    """Throughput and progress; for PPO, its health: reward, KL and its coefficient, ratio, clipping, the
-    losses, and the alarms raised so far (trainer/ppo/guard.py)."""
+def panel(ev: dict, alarms: list[dict] | None = None, stage: str | None = None) -> Text:
+    """Throughput and progress, then the health of ``stage`` (the start event's; without one, the stage is
+    told from the step's own fields by ``events.step_view``, the one table of what each stage's steps carry),
+    then the alarms raised so far (trainer/ppo/guard.py)."""
     text = _speed(ev)
+    HEALTH.get(events.step_view(stage, ev).stage, _loss_only)(text, ev)
     for alarm in alarms or []:
         text.append(f"\nALARM {alarm['kind']} @ {alarm['step']}: ", style="bold red")
         text.append(f"{alarm['message']}. Try: {alarm['hint']}", style="red")
@@ -72,17 +75,20 @@ def panel(ev: dict, alarms: list[dict] | None = None) -> Text:
 
 def _speed(ev: dict) -> Text:
     mfu = f" · MFU {ev['mfu']:.1%}" if isinstance(ev.get("mfu"), (int, float)) else ""
-    text = Text(
+    return Text(
         f"{ev['tokens_per_s']:,.0f} tok/s · {ev['samples_per_s']:.1f} samples/s{mfu}\n"
         f"step {ev['step']}/{ev['total_steps']} · ETA {ev['eta_s']:.0f} s · RSS {fmt_bytes(ev['cpu_rss'])}\n"
     )
-    if "chosen_reward" in ev or "reward_desirable" in ev:
-        return _preference_health(text, ev)
-    if "tied_frac" in ev:
-        return _grpo_health(text, ev)
-    if "reward_mean" not in ev:
-        text.append(f"loss {ev['loss']:.4f} · lr {ev['lr']:.2e}")
-        return text
+
+
+def _loss_only(text: Text, ev: dict) -> Text:
+    """SFT, RM and any stage without a panel of its own."""
+    text.append(f"loss {ev['loss']:.4f} · lr {ev['lr']:.2e}")
+    return text
+
+
+def _ppo_health(text: Text, ev: dict) -> Text:
+    """PPO: reward, KL and its coefficient, the RM's raw score against the SFT model's, ratio, losses."""
     ratio_style = "red" if ev.get("skipped_updates") else ("yellow" if ev.get("max_ratio", 1) > 2 else "")
     text.append("reward ", style="bold")
     text.append(f"{ev['reward_mean']:+.3f} ± {ev.get('reward_std', 0):.2f}  ")
@@ -107,3 +113,12 @@ def _speed(ev: dict) -> Text:
         f"rollout {ev.get('rollout_tokens_per_s', 0):,.0f} tok/s"
     )
     return text
+
+
+HEALTH = {  # a stage's health panel, by its events.STEP_VIEWS row
+    "ppo": _ppo_health,
+    "grpo": _grpo_health,
+    "dpo": _preference_health,
+    "orpo": _preference_health,
+    "kto": _preference_health,
+}
