@@ -35,6 +35,17 @@ CANDIDATES: dict[str, dict[str, str]] = {
     # a 2 MiB page faults once where 512 small ones would
     "threshold 128 KiB + huge pages": {"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     "threshold 1 MiB + huge pages": {"MALLOC_MMAP_THRESHOLD_": str(MIB), "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    # trainer/malloc.py: the threshold raised around each backward pass only, the heap trimmed after it
+    "128 KiB + huge pages, 4 MiB in backward": {
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+        "COATI_TUI_BACKWARD_MMAP": str(4 * MIB),
+    },
+    "128 KiB + huge pages, 32 MiB in backward": {
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+        "COATI_TUI_BACKWARD_MMAP": str(32 * MIB),
+    },
 }
 
 
@@ -69,7 +80,7 @@ def run(stage: str, model: Path, data: Path, steps: int, env_extra: dict[str, st
     cfg.save_interval, cfg.eval_split = 0, 0.0
     out.mkdir(parents=True)
     cfg.write(out)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "COATI_TUI_BACKWARD"))}
     env.update(OMP_NUM_THREADS="1", **env_extra)
     proc = subprocess.run([sys.executable, "-m", "coati_tui.train", str(out)], capture_output=True, text=True, env=env)
     if proc.returncode:

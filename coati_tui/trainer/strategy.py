@@ -12,6 +12,7 @@ from pathlib import Path
 
 from coati_tui.core.errors import MissingDependency
 from coati_tui.core.presets import Preset
+from coati_tui.trainer.malloc import PHASES
 
 
 def linear_targets(model, targets: str | list) -> list[str]:
@@ -105,7 +106,8 @@ class Naive:
         return model.no_sync() if (self.ddp and not last) else contextlib.nullcontext()
 
     def backward(self, loss, optimizer) -> None:
-        loss.backward()
+        with PHASES.backward():
+            loss.backward()
 
     def step(self, model, optimizer) -> None:
         import torch
@@ -261,7 +263,8 @@ class Colossal(Naive):
         return self.booster.no_sync(model)
 
     def backward(self, loss, optimizer) -> None:
-        self.booster.backward(loss, optimizer)
+        with PHASES.backward():
+            self.booster.backward(loss, optimizer)
 
     def step(self, model, optimizer) -> None:
         if self.preset.strategy == "naive":

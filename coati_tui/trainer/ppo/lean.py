@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from coati_tui.core.errors import ConfigError
+from coati_tui.trainer.malloc import PHASES
 from coati_tui.trainer.ppo.layout import (
     ADAPTERS,
     answer_hidden,
@@ -217,7 +218,8 @@ class Lean:
     def update(self, which: str, loss) -> None:
         import torch
 
-        loss.backward()
+        with PHASES.backward():
+            loss.backward()
         sync_grads(self.own[which], self.strategy)
         torch.nn.utils.clip_grad_norm_(self.own[which], 1.0)
         self.opts[which].step()
