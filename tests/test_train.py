@@ -307,3 +307,47 @@ def test_tensorboard_scalars_or_a_clear_missing_dependency(tiny_model, sft_data,
         )
     else:
         assert proc.returncode == 0 and list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_one_tensor_lora_forward_gives_peft_s_logits_and_gradients(dropout):
+    """trainer/fast_lora.py against peft's own forward on the same model and seed: the logits and every
+    LoRA gradient agree (dropout draws the same masks); with the adapters disabled peft's forward runs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import Linear
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from coati_tui.trainer import fast_lora
+
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    ids = torch.randint(0, 50, (3, 9))
+    runs = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
+        model = get_peft_model(LlamaForCausalLM(cfg), lora)
+        for p in model.parameters():  # LoRA's B starts at 0: make the update count
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.3)
+        if fused:
+            assert fast_lora.fuse(model) == sum(isinstance(m, Linear) for m in model.modules()) == 14
+        torch.manual_seed(1)
+        logits = model(input_ids=ids).logits
+        logits.pow(2).mean().backward()
+        with torch.no_grad(), model.disable_adapter():
+            base = model(input_ids=ids).logits
+        runs.append((logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, base))
+    (l0, g0, b0), (l1, g1, b1) = runs
+    assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(b0, b1, atol=1e-6)
+    assert not torch.allclose(l0, b0, atol=1e-3)  # the adapters change the output: the comparison has teeth
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], atol=1e-5, rtol=1e-4), name

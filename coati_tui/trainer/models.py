@@ -17,6 +17,7 @@ from typing import Any
 from coati_tui.core import modelinfo
 from coati_tui.core.errors import ConfigError, transformers_major
 from coati_tui.core.presets import Preset
+from coati_tui.trainer import fast_lora
 
 # May a model folder run its own code (its config.json's auto_map)? The run's ``trust_remote_code``, set
 # once per trainer process by ``Run``; off everywhere else.
@@ -148,6 +149,7 @@ def load_model(
             task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM",  # SEQ_CLS trains the score head too
         )
         model = get_peft_model(model, config)
+        fast_lora.fuse(model)
         for p in model.parameters():  # adapters train in fp32 whatever the base dtype
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()

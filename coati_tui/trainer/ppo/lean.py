@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from coati_tui.core.errors import ConfigError
+from coati_tui.trainer import fast_lora
 from coati_tui.trainer.malloc import PHASES
 from coati_tui.trainer.ppo.layout import (
     ADAPTERS,
@@ -76,6 +77,7 @@ class Lean:
             if "lora_" in n and p.dtype != torch.float32:
                 p.data = p.data.float()
         self.model.set_adapter("actor")
+        fast_lora.fuse(self.model)
         self.inner = self.model.get_base_model()
 
     def _shared_reward(self, adapter: Path, base, hidden: int, critic: bool) -> None:
