@@ -69,6 +69,15 @@ def _cache_arg(decoder: Any) -> str:
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
+def _prompt_cache(decoder: Any, ids: Any, mask: Any, pos: Any, group: int) -> tuple[Any, Any]:
+    """The decoder over every ``group``-th row (one per run of copies of a prompt): (its output, its KV cache
+    repeated ``group`` times). The repeat is differentiable: each copy's gradient flows back to the prompt."""
+    out = decoder(input_ids=ids[::group], attention_mask=mask[::group], position_ids=pos[::group], use_cache=True)
+    cache = out.cache if "cache" in out else out.past_key_values  # the name before transformers 5.2x
+    cache.batch_repeat_interleave(group)
+    return out, cache
+
+
 def answer_hidden(decoder: Any, ids: Any, mask: Any, start: int, width: int, group: int = 1) -> Any:
     """(B, width, H): the decoder's last hidden states at columns start-1 .. start+width-2, the ones that
     predict the answer's tokens. ``group`` > 1: rows come in runs of ``group`` with the same prompt (GRPO's G
@@ -78,20 +87,15 @@ def answer_hidden(decoder: Any, ids: Any, mask: Any, start: int, width: int, gro
     longer than answers this skips most of a forward. Dropout, if any, then draws one mask per prompt, not
     one per copy. Under gradient checkpointing in training transformers turns the cache off, so that case
     (and ``group`` 1) runs the rows whole."""
+    import torch
+
     pos = positions(mask)
     if group <= 1 or (decoder.training and getattr(decoder, "gradient_checkpointing", False)):
         h = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
         return h[:, start - 1 : start - 1 + width]
     if ids.shape[0] % group:
         raise ValueError(f"{ids.shape[0]} rows do not come in groups of {group}")
-    prompt = decoder(
-        input_ids=ids[::group, :start],
-        attention_mask=mask[::group, :start],
-        position_ids=pos[::group, :start],
-        use_cache=True,
-    )
-    cache = prompt.cache if "cache" in prompt else prompt.past_key_values  # the name before transformers 5.2x
-    cache.batch_repeat_interleave(group)  # differentiable: each copy's gradient flows back to the prompt's K/V
+    prompt, cache = _prompt_cache(decoder, ids[:, :start], mask[:, :start], pos[:, :start], group)
     last = prompt.last_hidden_state[:, -1:].repeat_interleave(group, 0)
     if width == 1:
         return last
@@ -103,8 +107,6 @@ def answer_hidden(decoder: Any, ids: Any, mask: Any, start: int, width: int, gro
         use_cache=True,
         **{_cache_arg(decoder): cache},
     ).last_hidden_state
-    import torch
-
     return torch.cat([last, rest], 1)
 
 
@@ -118,14 +120,7 @@ def prefilled(decoder: Any, ids: Any, mask: Any, group: int) -> dict[str, Any]:
     import torch
 
     with torch.no_grad():
-        out = decoder(
-            input_ids=ids[::group, :-1],
-            attention_mask=mask[::group, :-1],
-            position_ids=positions(mask[::group, :-1]),
-            use_cache=True,
-        )
-    cache = out.cache if "cache" in out else out.past_key_values
-    cache.batch_repeat_interleave(group)
+        _, cache = _prompt_cache(decoder, ids[:, :-1], mask[:, :-1], positions(mask[:, :-1]), group)
     return {_cache_arg(decoder): cache}
 
 

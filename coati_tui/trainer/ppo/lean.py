@@ -139,25 +139,24 @@ class Lean:
         self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("value_head.")}, strict=False)
 
     # ---- forwards ----------------------------------------------------------------------------------
-    def hidden(self, adapter: str | None, ids, mask):
-        """Last hidden states with ``adapter`` active (None: the reference, adapters disabled)."""
+    def _with(self, adapter: str | None):
+        """A context with ``adapter`` active (None: the reference, every adapter off)."""
         import contextlib
 
-        decoder = self.inner.get_decoder()
-        ctx = self.model.disable_adapter() if adapter is None else contextlib.nullcontext()
-        if adapter is not None:
-            self.model.set_adapter(adapter)
-        with ctx:
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    def hidden(self, adapter: str | None, ids, mask):
+        """Last hidden states with ``adapter`` active (None: the reference, adapters disabled)."""
+        with self._with(adapter):
+            decoder = self.inner.get_decoder()
             return decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
 
     def logits(self, adapter: str | None, ids, mask, start: int, width: int, group: int = 1):
         """Next-token logits (temperature applied) predicting columns start..start+width-1."""
-        import contextlib
-
-        ctx = self.model.disable_adapter() if adapter is None else contextlib.nullcontext()
-        if adapter is not None:
-            self.model.set_adapter(adapter)
-        with ctx:
+        with self._with(adapter):
             h = answer_hidden(self.inner.get_decoder(), ids, mask, start, width, group)
         return self.inner.get_output_embeddings()(h).float() / self.temperature
 
@@ -178,12 +177,7 @@ class Lean:
         return self.reward_head(h.float()).squeeze(-1)
 
     def generate(self, ids, mask, gen_config, reference: bool = False, group: int = 1):
-        import contextlib
-
-        ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()  # reference: the SFT model
-        if not reference:
-            self.model.set_adapter("actor")
-        with ctx:
+        with self._with(None if reference else "actor"):  # reference: the SFT model
             cache = prefilled(self.inner.get_decoder(), ids, mask, group)
             return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config, **cache)
 

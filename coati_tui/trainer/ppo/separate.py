@@ -13,15 +13,20 @@ from coati_tui.core.errors import ConfigError
 from coati_tui.trainer.ppo.layout import ADAPTERS, answer_hidden, positions, prefilled
 
 
-def _decoder_hidden(model, ids, mask):
+def _inner_decoder(model):
+    """The transformers model under any peft wrapper, and its decoder."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(inner, inner.base_model_prefix)
+    return inner, getattr(inner, inner.base_model_prefix)
+
+
+def _decoder_hidden(model, ids, mask):
+    inner, decoder = _inner_decoder(model)
     return inner, decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
 
 
 def _task_logits(model, ids, mask, start: int, width: int, temperature: float, group: int = 1):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    h = answer_hidden(getattr(inner, inner.base_model_prefix), ids, mask, start, width, group)
+    inner, decoder = _inner_decoder(model)
+    h = answer_hidden(decoder, ids, mask, start, width, group)
     return inner.get_output_embeddings()(h).float() / temperature
 
 
@@ -46,8 +51,7 @@ def _task_scores(model, ids, mask, last):
 
 
 def _task_generate(model, ids, mask, gen_config, group: int = 1):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache = prefilled(getattr(inner, inner.base_model_prefix), ids, mask, group)
+    cache = prefilled(_inner_decoder(model)[1], ids, mask, group)
     return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config, **cache)
 
 
