@@ -10,6 +10,7 @@ import pytest
 from sample_data import preference_records, sft_records, write_jsonl
 
 from coati_tui.core import events
+from coati_tui.core.procenv import mimalloc_library
 
 HAVE_COLOSSALAI = importlib.util.find_spec("colossalai") is not None
 
@@ -57,6 +58,7 @@ def test_sft_loss_falls_full_finetune(tiny_model, sft_data, tmp_path):
     (start,) = of(evs, "start")
     assert start["strategy"] == "naive" and start["device"] == "cpu" and start["precision"] == "fp32"
     assert start["trainable_params"] == start["params"]  # full fine-tune
+    assert start["allocator"] == "mimalloc" if mimalloc_library() else start["allocator"].startswith("glibc")
     losses = [e["loss"] for e in of(evs, "step")]
     assert len(losses) == start["total_steps"] == 3 * 12  # 46 train examples / 4 per batch, 3 epochs
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
@@ -281,6 +283,7 @@ def test_two_processes_under_torchrun(tiny_model, sft_data, tmp_path):
     (start,) = of(evs, "start")
     assert start["strategy"] == ("colossalai_ddp" if HAVE_COLOSSALAI else "naive+ddp")
     assert start["total_steps"] == 12 // 2
+    assert start["allocator"] == "mimalloc" if mimalloc_library() else start["allocator"].startswith("glibc")
     assert of(evs, "done")[0]["status"] == "completed"
     assert (tmp_path / "ddp" / "final" / "adapter_model.safetensors").is_file()
 

@@ -2,8 +2,9 @@
 
 peft's ``lora.Linear`` adds its update as ``result + lora_B(lora_A(dropout(x))) * scaling``: the B product,
 the scaled copy and the sum are each a new activation-sized tensor, and their backward makes as many again.
-On a CPU each fresh tensor over the mmap threshold is pages the kernel zero-fills (core/procenv.py), so
-this path computes the same sum in one ``addmm`` (``result + scaling * (A x) B^T``) into one tensor.
+Each is an allocation and a pass over memory (under glibc's fallback, core/procenv.py, also pages the
+kernel zero-fills), so this path computes the same sum in one ``addmm`` (``result + scaling * (A x) B^T``)
+into one tensor.
 It serves the plain case only: one active adapter, not merged or disabled, plain LoRA (no DoRA or other
 variant), input, adapter and output of one dtype, no per-row adapter names; anything else takes peft's own
 forward, so numbers never depend on which ran (tests/test_train.py checks logits and gradients agree).

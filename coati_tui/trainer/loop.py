@@ -15,7 +15,7 @@ import time
 
 from coati_tui.core import flops as model_flops
 from coati_tui.core.errors import ConfigError
-from coati_tui.trainer import measure
+from coati_tui.trainer import malloc, measure
 from coati_tui.trainer.recipe import Recipe, Step
 from coati_tui.trainer.run import Run
 
@@ -46,6 +46,7 @@ def train(recipe: Recipe) -> None:
         total_steps=total,
         resumed_from=state.step,
         run_dir=str(run.dir),
+        allocator=malloc.describe(),
         **recipe.start_info(),
     )
     if recipe.eval_at_start and state.step == 0 and recipe.has_eval and cfg.eval_interval >= 0:

@@ -1,17 +1,19 @@
-"""glibc's mmap threshold by phase of a step: the heap for the backward pass, fresh mmaps for the rest.
+"""Which allocator this process runs on, and, under glibc, its mmap threshold by phase of a step.
 
-``core/procenv.py`` starts the trainer with ``MALLOC_MMAP_THRESHOLD_`` at 128 KiB, so every tensor over that
-is a fresh mmap: RSS follows the live tensors (what the planner predicts), but each one's pages fault in
-zero-filled, and on a CPU that is a fifth of a small model's step. A threshold of a few MiB reuses the heap's
-freed blocks instead and is ~1.3x faster, but the forward's saved activations, interleaved with its
-temporaries, fragment the heap: RSS went 50-70% over the live tensors (bench/allocator.py).
+``core/procenv.py`` preloads mimalloc where it is installed; ``describe()`` says what the process got (the
+start event carries it). The rest of this module serves glibc's fallback, where procenv starts the trainer
+with ``MALLOC_MMAP_THRESHOLD_`` at 128 KiB, so every tensor over that is a fresh mmap: RSS follows the live
+tensors (what the planner predicts), but each one's pages fault in zero-filled, and on a CPU that is a fifth
+of a small model's step. A threshold of a few MiB reuses the heap's freed blocks instead and is ~1.3x
+faster, but the forward's saved activations, interleaved with its temporaries, fragment the heap: RSS went
+50-70% over the live tensors (bench/allocator.py).
 
 The backward pass is where most allocations are (two gradients for each saved tensor) and where the saved
 activations are only being freed: its transient blocks can come from the heap and be reused without the
 forward's long-lived ones in between. So ``backward()`` raises the threshold (``COATI_TUI_BACKWARD_MMAP``,
-4 MiB) around each backward pass and puts it back after, returning the heap's free pages to
-the kernel (``malloc_trim``) before the next forward. Off where the threshold is the user's own (procenv only
-sets this variable when it set the threshold), where it is 0, and off glibc.
+4 MiB) around each backward pass and puts it back after, returning the heap's free pages to the kernel
+(``malloc_trim``) before the next forward. Off where the threshold is the user's own (procenv only sets this
+variable when it set the threshold), where it is 0, under mimalloc, and off glibc.
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ class Phases:
         finally:
             self.libc.mallopt(M_MMAP_THRESHOLD, self.forward_threshold)
             self.libc.malloc_trim(0)
+
+
+def describe(env: dict[str, str] | None = None) -> str:
+    """The allocator in this process, as the start event reports it: "mimalloc" when its library is
+    mapped, else "glibc" with the settings procenv (or the user) gave it."""
+    try:
+        with open("/proc/self/maps") as f:
+            if "libmimalloc" in f.read():
+                return "mimalloc"
+    except OSError:  # not Linux: the platform's own
+        return "system"
+    env = dict(os.environ if env is None else env)
+    keys = ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", ENV)
+    settings = ", ".join(f"{k}={env[k]}" for k in keys if k in env)
+    return f"glibc ({settings})" if settings else "glibc"
 
 
 def _glibc() -> ctypes.CDLL | None:
