@@ -85,7 +85,9 @@ async def test_a_crashing_trainer_shows_the_error_and_the_app_keeps_working(tiny
 async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(tmp_path):
     """A run that died of OOM at step 3 (its files as the trainer leaves them: checkpoint step-2, an
     error event of kind cpu_oom; a real OOM cannot be provoked on a CI machine) shows the planner's next
-    smaller preset; p starts it, resuming from the checkpoint when the adapters match."""
+    smaller preset; p starts it, resuming from the checkpoint when the adapters match. The model is stored in
+    bf16, as models ship: on a CPU QLoRA then needs less RAM than LoRA's fp32 copy (with fp32 weights on disk
+    the pages read to quantize them stay resident, and it needs more)."""
     import json
     import subprocess
     import sys
@@ -95,7 +97,7 @@ async def test_out_of_memory_offers_the_next_smaller_preset_and_resumes_with_it(
     from coati_tui.core import events
     from coati_tui.trainer.tiny import build_tiny_model
 
-    model = build_tiny_model(tmp_path / "model", intermediate=256)
+    model = build_tiny_model(tmp_path / "model", intermediate=256, stored="bfloat16")
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(48))
     run = tmp_path / "run"
     proc = subprocess.run(

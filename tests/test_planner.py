@@ -61,6 +61,21 @@ def test_qlora_weights_are_about_a_quarter():
     assert 0.25 < q / full < 0.35
 
 
+def test_a_quantized_model_on_a_cpu_keeps_its_linears_checkpoint_bytes_resident():
+    """The safetensors pages read to quantize stay in RSS (the unquantized weights are views of the same
+    mapping): as many bytes as the linears hold in the checkpoint's dtype, on a CPU only."""
+    fp32 = Arch.from_config({**ARCHS["llama2-7b"][0], "torch_dtype": "float32"})
+    assert (LLAMA7B.stored_bytes, fp32.stored_bytes) == (2, 4)  # 7B's config says float16
+    q = presets.load("qlora_naive")
+    for arch in (LLAMA7B, fp32):
+        _, host, _, _ = planner.estimate(arch, q, "sft", 4, 256, "cpu")
+        assert host["quantized_source"] == arch.linear_params_total * arch.stored_bytes
+        _, on_gpu, _, _ = planner.estimate(arch, q, "sft", 4, 256, "cuda")
+        assert "quantized_source" not in on_gpu
+    _, plain, _, _ = planner.estimate(LLAMA7B, presets.load("lora_naive"), "sft", 4, 256, "cpu")
+    assert "quantized_source" not in plain
+
+
 def test_more_batch_more_memory_and_checkpointing_saves():
     small = _row(_plan(24, 128, batch_size=1), "lora_naive", "sft")
     big = _row(_plan(24, 128, batch_size=8), "lora_naive", "sft")

@@ -5,7 +5,9 @@ precision, LoRA rank and targets, quantization, offload fractions, gradient chec
 sequence length), so planner and trainer cannot disagree about what a preset is.
 
 How the bytes are counted (per device; ``w`` = bytes per element of the compute dtype):
-- weights: ``P*w``; 4-bit NF4 linears ~0.52 B/param (with double quantization), int8 1 B/param.
+- weights: ``P*w``; 4-bit NF4 linears ~0.52 B/param (with double quantization), int8 1 B/param. On a
+  CPU a quantized model's linears also keep their checkpoint bytes resident (``quantized_source``: pages of
+  the safetensors mapping, which the unquantized weights hold open; measured, bench/planner_accuracy.py).
 - LoRA: fp32 adapter weights, gradients and two AdamW moments: 16 B per trainable parameter.
 - full fine-tune, plain PyTorch: weights + gradients + AdamW moments, all in the weight dtype.
 - Gemini: bf16 weights (``param_frac`` of them in CPU RAM) whose chunks are reused for gradients;
@@ -195,8 +197,12 @@ def estimate(
         raise ValueError(f"unknown stage {stage!r} (use {', '.join(ALL_STAGES)})")
 
     if device == "cpu":  # the model trains in RAM: everything lands in the host's column
-        _add(host, dev)  # children run with coati_tui.procenv's malloc settings, so RSS tracks live tensors
+        _add(host, dev)  # children run with coati_tui.procenv's allocator settings, so RSS tracks live tensors
         dev = {}
+        if preset.quant.bits:
+            # the linears' checkpoint bytes, read once to quantize, stay resident: they are pages of the
+            # file mapping that the unquantized weights (embeddings, norms, head) keep open as views
+            host["quantized_source"] = arch.linear_params_total * arch.stored_bytes
     else:
         params_on_disk = arch.param_count("lm") * 2
         host["load_staging"] = min(params_on_disk, 5 * 1024**3)  # one safetensors shard in flight

@@ -123,6 +123,9 @@ class Linear:
         return self.in_features * self.out_features + (self.out_features if self.bias else 0)
 
 
+STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
+
+
 @dataclass(frozen=True)
 class Arch:
     model_type: str
@@ -138,6 +141,7 @@ class Arch:
     norms_per_layer: int
     qk_norm: bool
     linears: tuple[Linear, ...]  # one decoder layer's linear modules
+    stored_bytes: int = 2  # bytes per weight in the checkpoint (config.json's dtype; 16-bit when unsaid)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Arch:
@@ -192,6 +196,7 @@ class Arch:
             norms_per_layer=fam["norms"],
             qk_norm=fam["qk_norm"],
             linears=linears,
+            stored_bytes=STORED_BYTES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or ""), 2),
         )
 
     # ---- parameter counts -------------------------------------------------------------------

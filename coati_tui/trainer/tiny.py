@@ -109,8 +109,10 @@ def build_tiny_model(
     seed: int = 0,
     corpus: list[str] | None = None,
     tokenizer=None,
+    stored: str = "float32",
 ) -> Path:
-    """Write a tiny model folder (``kind``: "causal" or "reward") and return its path."""
+    """Write a tiny model folder (``kind``: "causal" or "reward"; weights ``stored`` in that dtype, as
+    config.json then says) and return its path."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -144,6 +146,6 @@ def build_tiny_model(
             top_p=0.9,
             max_new_tokens=64,
         )
-    model.save_pretrained(out)
+    model.to(getattr(torch, stored)).save_pretrained(out)
     tok.save_pretrained(out)
     return out
