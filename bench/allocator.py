@@ -24,9 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_vs_trl  # noqa: E402  (the bilingual word lists)
 
+from coati_tui.core.procenv import mimalloc_library  # noqa: E402
+
 MIB = 2**20
 CANDIDATES: dict[str, dict[str, str]] = {
-    "threshold 128 KiB (shipped before)": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+    "threshold 128 KiB (first shipped)": {"MALLOC_MMAP_THRESHOLD_": "131072"},
     "glibc default (dynamic threshold)": {},
     "threshold 4 MiB": {"MALLOC_MMAP_THRESHOLD_": str(4 * MIB)},
     "threshold 16 MiB": {"MALLOC_MMAP_THRESHOLD_": str(16 * MIB)},
@@ -36,7 +38,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "threshold 128 KiB + huge pages": {"MALLOC_MMAP_THRESHOLD_": "131072", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     "threshold 1 MiB + huge pages": {"MALLOC_MMAP_THRESHOLD_": str(MIB), "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     # trainer/malloc.py: the threshold raised around each backward pass only, the heap trimmed after it
-    "128 KiB + huge pages, 4 MiB in backward": {
+    "128 KiB + huge pages, 4 MiB in backward (glibc fallback)": {
         "MALLOC_MMAP_THRESHOLD_": "131072",
         "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
         "COATI_TUI_BACKWARD_MMAP": str(4 * MIB),
@@ -47,6 +49,18 @@ CANDIDATES: dict[str, dict[str, str]] = {
         "COATI_TUI_BACKWARD_MMAP": str(32 * MIB),
     },
 }
+MIMALLOC = mimalloc_library()
+if MIMALLOC:  # cmeel-mimalloc's library, preloaded (Linux x86_64 / aarch64)
+    CANDIDATES.update(
+        {
+            # procenv's: its defaults, a freed page decommitted (given back) 10 ms after its last block went
+            "mimalloc, its defaults (shipped)": {"LD_PRELOAD": MIMALLOC},
+            # freed pages given back with MADV_FREE: the kernel takes them when it needs memory, a reuse before
+            # that costs no fault; they count in RSS until taken
+            "mimalloc, MADV_FREE purge": {"LD_PRELOAD": MIMALLOC, "MIMALLOC_PURGE_DECOMMITS": "0"},
+            "mimalloc, never purge": {"LD_PRELOAD": MIMALLOC, "MIMALLOC_PURGE_DELAY": "-1"},
+        }
+    )
 
 
 def build(folder: Path) -> tuple[Path, Path, Path]:
@@ -80,7 +94,8 @@ def run(stage: str, model: Path, data: Path, steps: int, env_extra: dict[str, st
     cfg.save_interval, cfg.eval_split = 0, 0.0
     out.mkdir(parents=True)
     cfg.write(out)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "COATI_TUI_BACKWARD"))}
+    ours = ("MALLOC_", "GLIBC_TUNABLES", "COATI_TUI_BACKWARD", "COATI_TUI_ALLOCATOR", "LD_PRELOAD", "MIMALLOC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env.update(OMP_NUM_THREADS="1", **env_extra)
     proc = subprocess.run([sys.executable, "-m", "coati_tui.train", str(out)], capture_output=True, text=True, env=env)
     if proc.returncode:

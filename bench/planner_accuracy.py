@@ -83,6 +83,7 @@ def child(model_dir: str, preset_name: str, stage: str, batch: int, seq: int, st
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: F401
 
     from coati_tui.core import presets
+    from coati_tui.trainer.malloc import PHASES, describe
     from coati_tui.trainer.models import load_model
 
     torch.manual_seed(0)
@@ -105,14 +106,15 @@ def child(model_dir: str, preset_name: str, stage: str, batch: int, seq: int, st
             loss = -torch.nn.functional.logsigmoid(scores[:batch] - scores[batch:]).mean()
         else:
             loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
-        loss.backward()
+        with PHASES.backward():  # as the trainer's strategies do (a no-op but under glibc's fallback)
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     step_s = (time.perf_counter() - t0) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
-    return {"measured": peak, "step_s": step_s, "precision": prepared.dtype_name}
+    return {"measured": peak, "step_s": step_s, "precision": prepared.dtype_name, "allocator": describe()}
 
 
 def predicted(model_dir: str, preset_name: str, stage: str, batch: int, seq: int, device: str) -> int:
@@ -174,6 +176,7 @@ def main() -> None:
         )
         print(
             f"{'preset':14s} {'stage':5s} {'gc':3s} {'predicted':>11s} {'measured':>11s} {'error':>7s} {'s/step':>7s}"
+            "  allocator"
         )
         errors = []
         for preset_name in args.presets.split(","):
@@ -213,7 +216,7 @@ def main() -> None:
                     print(
                         f"{preset_name:14s} {stage:5s} {gc:3s} {fmt_bytes(pred):>11s} "
                         f"{fmt_bytes(got['measured']):>11s} "
-                        f"{err:+7.1%} {got['step_s']:7.2f}"
+                        f"{err:+7.1%} {got['step_s']:7.2f}  {got['allocator']}"
                     )
         if errors:
             print(f"median |error| {statistics.median(errors):.1%}, max {max(errors):.1%} over {len(errors)} rows")

@@ -1,6 +1,7 @@
 """SFT throughput, coati-tui's naive LoRA strategy vs TRL's SFTTrainer, same model, data and LoRA, on CPU.
 
     OMP_NUM_THREADS=1 python bench/sft_vs_trl.py            # needs `pip install trl` (the [bench] extra)
+    OMP_NUM_THREADS=1 python bench/sft_vs_trl.py --steps 16 --setups small --rounds 3   # issue 15's figure
 
 One run builds a ~45M-parameter Llama from a config (vocab 32000, hidden 512, 4 layers) with the tiny
 trained tokenizer, writes 256 bilingual conversations of varied length, and trains each side in its own
@@ -11,7 +12,9 @@ with its warm-up, is left out), from coati-tui's step events and from TRL's logg
 Two setups (--setups): "large" as above; "small", issue 15's (a ~12M Llama, vocabulary 2000, 512
 conversations, LoRA r16 / alpha 32 / dropout 0 on q/k/v/o), where the transformer itself, not the LM
 head, decides. Each side runs in the environment it ships with: coati-tui's child gets procenv.child_env()
-(its malloc setting), TRL this shell's. Peak RSS is each child's ru_maxrss.
+(mimalloc preloaded where installed, else its glibc setting; each row names it), TRL this shell's. Peak
+RSS is each child's ru_maxrss. ``--rounds N`` runs each comparison N times in turn and prints the median
+ratio: on a shared 2-core machine one pair of runs moves by +-5%.
 
 Comparisons: matched (gradient checkpointing off on both, loss on assistant tokens only on both); with
 --defaults also each tool's own defaults for what the comparison does not fix (coati-tui's lora_naive
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,7 +142,8 @@ def run_coati(model: Path, data: Path, steps: int, gc: bool, setup: str, out: Pa
     )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
-    st = [e for e in map(json.loads, (x for x in proc.stdout.splitlines() if x.startswith("{"))) if e["type"] == "step"]
+    evs = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    st = [e for e in evs if e["type"] == "step"]
     timed = st[1:]  # the first step, with its warm-up, is left out
     tokens = sum(e["tokens"] for e in timed[1:])
     return {
@@ -146,6 +151,7 @@ def run_coati(model: Path, data: Path, steps: int, gc: bool, setup: str, out: Pa
         "steps": len(st),
         "peak": max(e.get("cpu_peak", e["cpu_rss"]) for e in st),
         "mfu": st[-1].get("mfu", 0.0),
+        "allocator": next(e.get("allocator", "?") for e in evs if e["type"] == "start"),
     }
 
 
@@ -196,17 +202,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--setups", default="small,large", help="comma-separated: small (issue 15's), large (32000 words)")
     ap.add_argument("--defaults", action="store_true", help="also each tool's defaults (both checkpoint)")
+    ap.add_argument("--rounds", type=int, default=1, help="pairs of runs per comparison; the median ratio is printed")
     args = ap.parse_args()
     import importlib.metadata as md
 
-    from coati_tui.core.procenv import child_env
-
     versions = {n: md.version(n) for n in ("torch", "transformers", "peft", "trl")}
-    thr = child_env().get("MALLOC_MMAP_THRESHOLD_", "unset")
     print(
         f"# SFT tokens/s (non-pad) on CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
         f"{args.steps} steps (the first two left out), batch 8 x <=256 tokens, LoRA r16, fp32; "
-        f"coati-tui's child MALLOC_MMAP_THRESHOLD_={thr}; {versions}"
+        f"{versions}"
     )
     comparisons = [("matched (GC off, assistant-only loss)", False, True)]
     if args.defaults:
@@ -215,17 +219,25 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model, data = build(Path(tmp), setup)
             for label, gc, trl_assistant_only in comparisons:
-                t = time.perf_counter()
-                ours = run_coati(model, data, args.steps, gc, setup, Path(tmp) / f"coati-{gc}")
-                theirs = run_trl(model, data, args.steps, gc, trl_assistant_only, setup, Path(tmp) / f"trl-{gc}")
-                ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
-                print(
-                    f"{setup:5s} {label:40s} coati-tui {ours['tokens_per_s']:6.0f} tok/s "
-                    f"(peak RSS {ours['peak'] / 2**20:5.0f} MiB, MFU {ours['mfu']:.0%})  "
-                    f"TRL {theirs['tokens_per_s']:6.0f} tok/s (peak RSS {theirs['peak'] / 2**20:5.0f} MiB)  "
-                    f"ratio {ratio:.2f}x  ({time.perf_counter() - t:.0f} s)",
-                    flush=True,
-                )
+                ratios = []
+                for r in range(args.rounds):
+                    t = time.perf_counter()
+                    ours = run_coati(model, data, args.steps, gc, setup, Path(tmp) / f"coati-{gc}-{r}")
+                    theirs = run_trl(
+                        model, data, args.steps, gc, trl_assistant_only, setup, Path(tmp) / f"trl-{gc}-{r}"
+                    )
+                    ratios.append(ours["tokens_per_s"] / theirs["tokens_per_s"])
+                    print(
+                        f"{setup:5s} {label:40s} coati-tui {ours['tokens_per_s']:6.0f} tok/s "
+                        f"(peak RSS {ours['peak'] / 2**20:5.0f} MiB, MFU {ours['mfu']:.0%})  "
+                        f"TRL {theirs['tokens_per_s']:6.0f} tok/s (peak RSS {theirs['peak'] / 2**20:5.0f} MiB)  "
+                        f"ratio {ratios[-1]:.2f}x  ({time.perf_counter() - t:.0f} s; allocator {ours['allocator']})",
+                        flush=True,
+                    )
+                if args.rounds > 1:
+                    low, mid, high = min(ratios), statistics.median(ratios), max(ratios)
+                    spread = f"{mid:.2f}x over {args.rounds} rounds, {low:.2f}-{high:.2f}x"
+                    print(f"{setup:5s} {label:40s} median ratio {spread}")
 
 
 if __name__ == "__main__":
