@@ -8,7 +8,8 @@
 # The machine (see bench/gpu/README.md) has python, torch (a CUDA build), transformers, peft, accelerate,
 # safetensors, tokenizers, typer, rich, psutil, numpy, einops; no network. This folder brings:
 #   - coati-tui itself (`pip wheel --no-deps .`) and tomli-w, the one module of its own stack the check
-#     imports that such a machine lacks (textual & co. are the app's, not the check's);
+#     imports that such a machine lacks (textual & co. are the app's, not the check's), and cmeel-mimalloc
+#     (+ cmeel), the allocator core/procenv.py preloads into every child, so the check runs as users do;
 #   - bitsandbytes 0.50.2, the manylinux wheel with its CUDA kernels; --cuda keeps only the kernels of the
 #     CUDA builds named (torch.version.cuda without the dot; the lent H200's torch is cu130; `all` keeps the
 #     whole 41 MiB wheel);
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
         --no-gptq) GPTQ=0; shift ;;
         --quick) QUICK=" --quick"; shift ;;
         --print-only) PRINT_ONLY=1; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -77,9 +78,10 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-echo "== coati-tui and tomli-w"
+echo "== coati-tui, tomli-w, cmeel-mimalloc"
 step "$PIP wheel -q --no-deps -w '$OUT' ."
 step "$PIP download -q --no-deps $BINARY -d '$OUT' tomli-w==1.2.0"
+step "$PIP download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 -d '$OUT' cmeel-mimalloc==3.4.3 cmeel"
 check_wheel() {  # every package of the source tree must be in the wheel (pyproject.toml lists them by hand)
     "$PY" - "$OUT" <<'EOF'
 import base64, hashlib, sys, zipfile

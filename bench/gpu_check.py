@@ -306,10 +306,13 @@ def child_probe() -> dict[str, Any]:
     device-to-device copy (bytes read + written)."""
     import torch
 
+    from coati_tui.trainer.malloc import describe
+
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
+        "allocator": describe(),  # the children's (core/procenv.py): mimalloc where its wheel was carried
     }
     if not torch.cuda.is_available():
         return info
@@ -1231,7 +1234,8 @@ def write_results(check: Check, final: bool) -> None:
     (check.out / "results.json").write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
     L = [f"# GPU check: {m.get('name', 'no CUDA device')}", ""]
     L.append(
-        f"torch {m.get('torch')} (CUDA {m.get('cuda')}); mode {data['mode']}"
+        f"torch {m.get('torch')} (CUDA {m.get('cuda')}); children's allocator {m.get('allocator', '?')}; "
+        f"mode {data['mode']}"
         f"{' (tiny model)' if check.args.tiny else ''}; "
         f"{elapsed:.0f} s of a {check.args.budget:.0f} s budget{'' if final else ' (still running or killed)'}."
     )
