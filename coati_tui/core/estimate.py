@@ -204,7 +204,7 @@ def estimate(
             # file mapping that the unquantized weights (embeddings, norms, head) keep open as views
             host["quantized_source"] = arch.linear_params_total * arch.stored_bytes
     else:
-        params_on_disk = arch.param_count("lm") * 2
+        params_on_disk = arch.param_count("lm") * arch.stored_bytes
         host["load_staging"] = min(params_on_disk, 5 * 1024**3)  # one safetensors shard in flight
     return dev, host, alt, precision
 

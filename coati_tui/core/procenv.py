@@ -16,7 +16,7 @@ planner predicts). Issue 15's setup (a 12M Llama, LoRA q/k/v/o, batch 8 x 256, o
   block to the next tensor of its size without the zero-filled page faults of a fresh mmap, and without
   glibc's heap fragmenting around the forward's long-lived activations; a page left free for 10 ms is
   given back, so RSS tracks the live tensors (the 60M planner rows stay within +20% / -5%). Its
-  ``MIMALLOC_PURGE_DECOMMITS=0`` (give pages back with ``MADV_FREE``) is ~9% faster still, but those
+  ``MIMALLOC_PURGE_DECOMMITS=0`` (give pages back with ``MADV_FREE``) is 4-9% faster still, but those
   pages count in RSS until the kernel takes them: the planner's SFT rows then read 5-6% low. Not shipped;
   a user who wants it sets it (every ``MIMALLOC_*`` variable of theirs applies).
 - **glibc**, where mimalloc is not installed (another platform), the user asked for it

@@ -50,7 +50,7 @@ class Phases:
             self.libc.malloc_trim(0)
 
 
-def describe(env: dict[str, str] | None = None) -> str:
+def describe() -> str:
     """The allocator in this process, as the start event reports it: "mimalloc" when its library is
     mapped, else "glibc" with the settings procenv (or the user) gave it."""
     try:
@@ -59,9 +59,8 @@ def describe(env: dict[str, str] | None = None) -> str:
                 return "mimalloc"
     except OSError:  # not Linux: the platform's own
         return "system"
-    env = dict(os.environ if env is None else env)
     keys = ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", ENV)
-    settings = ", ".join(f"{k}={env[k]}" for k in keys if k in env)
+    settings = ", ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ)
     return f"glibc ({settings})" if settings else "glibc"
 
 
